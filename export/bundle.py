@@ -1,0 +1,273 @@
+"""`htr-export`: a Hugging Face VisionEncoderDecoder checkpoint to a self-describing htr bundle.
+
+A chain of plain functions, each producing one artifact: load the checkpoint, export the graphs
+with optimum, split off the cross-attention graph, write the tokenizer and the manifest, then
+verify the bundle through the htr runtime against PyTorch's `generate`.
+"""
+
+import json
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from htr.manifest import MANIFEST_NAME, RESAMPLE_NAMES, SCHEMA_VERSION, sha256_of
+
+from .graphs import ExportError, cross_attention_graph, export_with_optimum, initializer_bytes, save_graph, tensor_specs
+
+# Used where the checkpoint sets nothing. transformers falls back to greedy with max_length 20,
+# which cuts ordinary lines short; TrOCR reads best with a few beams.
+DEFAULT_GENERATION = {
+    "num_beams": 4,
+    "max_length": 128,
+    "min_length": 0,
+    "length_penalty": 1.0,
+    "early_stopping": False,
+    "no_repeat_ngram_size": 0,
+}
+# Generation settings that change `generate`'s output but that the htr runtime does not implement.
+_UNSUPPORTED_NEUTRAL = {
+    "do_sample": False,
+    "repetition_penalty": 1.0,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "num_beam_groups": 1,
+    "diversity_penalty": 0.0,
+    "encoder_no_repeat_ngram_size": 0,
+    "sequence_bias": None,
+    "exponential_decay_length_penalty": None,
+    "remove_invalid_values": False,
+    "renormalize_logits": False,
+    "num_return_sequences": 1,
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: the PyTorch model, its image processor and its (fast) tokenizer."""
+
+    source: str
+    model: object
+    image_processor: object
+    tokenizer: object
+
+
+def load_checkpoint(source: str) -> Checkpoint:
+    """Return the model, image processor and tokenizer of a hub id or a `save_pretrained` folder."""
+    from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+
+    try:
+        model = VisionEncoderDecoderModel.from_pretrained(source).eval()
+        image_processor = AutoImageProcessor.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot load {source} as a VisionEncoderDecoder checkpoint with its processor: {e}") from e
+    if not getattr(tokenizer, "is_fast", False):
+        raise ExportError(f"{source}: the tokenizer could not be converted to a fast tokenizer (install sentencepiece and protobuf)")
+    return Checkpoint(source, model, image_processor, tokenizer)
+
+
+def preprocessing_spec(image_processor) -> dict:
+    """Return the manifest's preprocessing section for a ViT/DeiT-style image processor, or raise ExportError."""
+    name = type(image_processor).__name__
+    if getattr(image_processor, "do_center_crop", False):
+        raise ExportError(f"{name} center-crops; htr reproduces resize, rescale and normalise only")
+    size = image_processor.size
+    if not (isinstance(size, dict) and "height" in size and "width" in size):
+        raise ExportError(f"{name}.size is {size!r}; htr needs a fixed height and width")
+    resample = int(getattr(image_processor, "resample", 2))
+    from PIL import Image
+
+    names = {int(getattr(Image.Resampling, n.upper())): n for n in RESAMPLE_NAMES}
+    channels = len(image_processor.image_mean) if image_processor.do_normalize else 3
+    if channels != 3:
+        raise ExportError(f"{name} normalises {channels} channels; htr feeds RGB images")
+    return {
+        "image_processor": name,
+        "height": int(size["height"]),
+        "width": int(size["width"]),
+        "resample": names[resample],
+        "do_resize": bool(image_processor.do_resize),
+        "do_rescale": bool(getattr(image_processor, "do_rescale", True)),
+        "rescale_factor": float(getattr(image_processor, "rescale_factor", 1 / 255)),
+        "do_normalize": bool(image_processor.do_normalize),
+        "mean": [float(x) for x in image_processor.image_mean],
+        "std": [float(x) for x in image_processor.image_std],
+    }
+
+
+def generation_spec(model) -> dict:
+    """Return the generation defaults: the checkpoint's own settings where it sets them, ours elsewhere."""
+    from transformers import GenerationConfig
+
+    config = model.generation_config
+    set_keys = set(config.to_diff_dict()) - {"transformers_version", "_from_model_config"}
+    spec = {key: getattr(config, key) if key in set_keys else value for key, value in DEFAULT_GENERATION.items()}
+    if "max_new_tokens" in set_keys and config.max_new_tokens is not None:
+        spec["max_length"] = config.max_new_tokens + 1
+    if "min_new_tokens" in set_keys and config.min_new_tokens:
+        spec["min_length"] = max(spec["min_length"], config.min_new_tokens + 1)
+    defaults = GenerationConfig()
+    ignored = {k: getattr(config, k) for k in _UNSUPPORTED_NEUTRAL if getattr(config, k, None) != getattr(defaults, k, None)}
+    spec["set_by_checkpoint"] = sorted(set_keys & (set(DEFAULT_GENERATION) | {"max_new_tokens", "min_new_tokens"}))
+    spec["ignored_from_checkpoint"] = {k: repr(v) for k, v in ignored.items()}
+    return spec
+
+
+def special_tokens_spec(model) -> dict:
+    """Return decoder start, eos and pad ids as `generate` resolves them."""
+    config = model.generation_config
+    start = config.decoder_start_token_id
+    if start is None:
+        start = model.config.decoder_start_token_id if model.config.decoder_start_token_id is not None else config.bos_token_id
+    eos = config.eos_token_id if config.eos_token_id is not None else model.config.decoder.eos_token_id
+    if start is None or eos is None:
+        raise ExportError("the checkpoint sets no decoder_start_token_id or eos_token_id; set them in its generation_config.json")
+    eos = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    pad = config.pad_token_id if config.pad_token_id is not None else eos[0]
+    return {"decoder_start": int(start), "eos": eos, "pad": int(pad), "bos": config.bos_token_id}
+
+
+def tokenizer_spec(tokenizer, out_dir: Path) -> dict:
+    """Write `tokenizer.json` and return the manifest's tokenizer section."""
+    from transformers import PreTrainedTokenizerBase
+
+    if type(tokenizer).clean_up_tokenization is not PreTrainedTokenizerBase.clean_up_tokenization:
+        raise ExportError(f"{type(tokenizer).__name__} overrides clean_up_tokenization; htr reproduces only the standard one")
+    tokenizer.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
+    return {
+        "file": "tokenizer.json",
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "clean_up_tokenization_spaces": bool(tokenizer.clean_up_tokenization_spaces),
+    }
+
+
+def _versions() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("htr", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def write_graphs(checkpoint: Checkpoint, out_dir: Path, log: Callable[[str], None]) -> Dict[str, dict]:
+    """Export the three graphs into `out_dir`; return each graph's manifest section and file list."""
+    with tempfile.TemporaryDirectory(prefix="htr-export-") as work:
+        log("exporting ONNX graphs with optimum")
+        optimum_graphs = export_with_optimum(checkpoint.model, Path(work))
+    log("splitting the cross-attention projections out of the decoder")
+    graphs = {
+        "encoder": optimum_graphs["encoder"],
+        "cross_attention": cross_attention_graph(optimum_graphs["decoder"]),
+        "decoder": optimum_graphs["decoder_with_past"],
+    }
+    sections = {}
+    for name, graph in graphs.items():
+        files = save_graph(graph, out_dir / f"{name}.onnx")
+        sections[name] = {
+            "file": files[0].name,
+            "data_files": [f.name for f in files[1:]],
+            "weight_bytes": initializer_bytes(graph),
+            "inputs": tensor_specs(graph.graph.input),
+            "outputs": tensor_specs(graph.graph.output),
+        }
+    return sections
+
+
+def cache_links(sections: Dict[str, dict]) -> dict:
+    """Return which decoder input is fed from which output: its own `present.*` or the cross-attention graph's."""
+    decoder_inputs = [t["name"] for t in sections["decoder"]["inputs"]]
+    decoder_outputs = {t["name"] for t in sections["decoder"]["outputs"]}
+    cross_outputs = {t["name"] for t in sections["cross_attention"]["outputs"]}
+    links = {"self": [], "cross": []}
+    for name in decoder_inputs[1:]:
+        source = name.replace("past_key_values.", "present.", 1)
+        if source in decoder_outputs:
+            links["self"].append({"input": name, "source": source})
+        elif source in cross_outputs:
+            links["cross"].append({"input": name, "source": source})
+        else:
+            raise ExportError(f"decoder input {name} has no matching present.* output to feed it")
+    if decoder_inputs[0] != "input_ids" or [t["name"] for t in sections["decoder"]["outputs"]][0] != "logits":
+        raise ExportError("the decoder graph should take input_ids first and give logits first")
+    return links
+
+
+def architecture_spec(model) -> dict:
+    """Return the counts the runtime and readers of the manifest need."""
+    encoder, decoder = model.config.encoder, model.config.decoder
+    d_model = decoder.d_model if hasattr(decoder, "d_model") else decoder.hidden_size
+    heads = decoder.decoder_attention_heads if hasattr(decoder, "decoder_attention_heads") else decoder.num_attention_heads
+    image_size = encoder.image_size if isinstance(encoder.image_size, int) else encoder.image_size[0]
+    patch = encoder.patch_size if isinstance(encoder.patch_size, int) else encoder.patch_size[0]
+    extra_tokens = 2 if encoder.model_type == "deit" else 1
+    return {
+        "encoder_type": encoder.model_type,
+        "encoder_hidden_size": int(encoder.hidden_size),
+        "encoder_layers": int(encoder.num_hidden_layers),
+        "encoder_tokens": int((image_size // patch) ** 2 + extra_tokens),
+        "decoder_type": decoder.model_type,
+        "decoder_layers": int(getattr(decoder, "decoder_layers", getattr(decoder, "num_hidden_layers", 0))),
+        "decoder_heads": int(heads),
+        "decoder_head_dim": int(d_model // heads),
+        "decoder_hidden_size": int(d_model),
+        "vocab_size": int(decoder.vocab_size),
+        "parameters": int(model.num_parameters()),
+    }
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    """Record every file of the bundle with its sha256 and write `manifest.json`."""
+    files = {}
+    for path in sorted(out_dir.iterdir()):
+        if path.name != MANIFEST_NAME and path.is_file():
+            files[path.name] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
+    manifest["files"] = files
+    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def export_bundle(checkpoint: Checkpoint, out_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """Write the bundle of a loaded checkpoint into `out_dir` (created, must be empty); return its manifest."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"{out_dir} exists and is not empty; choose a new folder")
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "source": {"model": checkpoint.source, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "architecture": architecture_spec(checkpoint.model),
+        "special_tokens": special_tokens_spec(checkpoint.model),
+        "preprocessing": preprocessing_spec(checkpoint.image_processor),
+        "generation": generation_spec(checkpoint.model),
+        "precision": "fp32",
+        "versions": _versions(),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest["tokenizer"] = tokenizer_spec(checkpoint.tokenizer, out_dir)
+    manifest["graphs"] = write_graphs(checkpoint, out_dir, log)
+    manifest["decoder_cache"] = cache_links(manifest["graphs"])
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def record_verification(out_dir: Path, verification: Optional[dict]) -> None:
+    """Add the verification report to an existing bundle's manifest."""
+    path = Path(out_dir) / MANIFEST_NAME
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest["verification"] = verification
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def list_images(folder: Path) -> List[Path]:
+    from htr.images import IMAGE_SUFFIXES
+
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,235 @@
+"""`htr.Recognizer`: the object that owns the ONNX sessions and reads handwriting with them."""
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import BundleError, OptionsError
+from .images import ImageInput, load_image, preprocess
+from .manifest import GraphSpec, Manifest, load_manifest
+from .search import SearchSettings, beam_search, greedy_search
+from .text import TextDecoder
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """What was read from one image: the text, its sequence score and the generated token ids."""
+
+    text: str
+    score: float
+    tokens: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Decoding settings as in transformers' `generate`; `None` takes the bundle's default.
+
+    Lengths count the decoder start token, as transformers' `max_length`/`min_length` do;
+    `max_new_tokens` counts generated tokens only and wins over `max_length`.
+    """
+
+    num_beams: Optional[int] = None
+    max_length: Optional[int] = None
+    max_new_tokens: Optional[int] = None
+    min_length: Optional[int] = None
+    length_penalty: Optional[float] = None
+    early_stopping: Optional[Union[bool, str]] = None
+    no_repeat_ngram_size: Optional[int] = None
+
+
+def _check_graph(session: ort.InferenceSession, spec: GraphSpec, path: Path) -> None:
+    """Raise `BundleError` unless the session's inputs and outputs are exactly those of the manifest."""
+    for kind, found_args, expected in (
+        ("inputs", session.get_inputs(), spec.inputs),
+        ("outputs", session.get_outputs(), spec.outputs),
+    ):
+        found = [(a.name, _ORT_TYPES.get(a.type, a.type)) for a in found_args]
+        wanted = [(t.name, t.dtype) for t in expected]
+        if found != wanted:
+            missing = [f"{n} ({d})" for n, d in wanted if (n, d) not in found]
+            extra = [f"{n} ({d})" for n, d in found if (n, d) not in wanted]
+            raise BundleError(
+                f"{path}: graph {kind} do not match manifest.json; expected but not found: "
+                f"{', '.join(missing) or 'none'}; found but not expected: {', '.join(extra) or 'none'}"
+                + ("" if missing or extra else "; same names in another order")
+            )
+
+
+class _CachedDecoder:
+    """The decoder graph run one token at a time, its KV cache kept and reordered between calls."""
+
+    def __init__(self, session: ort.InferenceSession, manifest: Manifest, cross: Dict[str, np.ndarray], n_images: int):
+        spec = manifest.graphs["decoder"]
+        self._session = session
+        self._ids_name = spec.inputs[0].name
+        self._ids_dtype = np.dtype(spec.inputs[0].dtype)
+        self._outputs = list(spec.output_names())
+        self._self_inputs = [link.input for link in manifest.self_cache]
+        dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
+        self._cross_by_image = {link.input: cross[link.source] for link in manifest.cross_cache}
+        self._cross = self._cross_by_image
+        self._row_image = np.arange(n_images)
+        empty = (n_images, manifest.decoder_heads, 0, manifest.decoder_head_dim)
+        self._cache = {name: np.zeros(empty, dtype=dtypes[name]) for name in self._self_inputs}
+
+    def __call__(self, tokens: np.ndarray, parents: np.ndarray) -> np.ndarray:
+        """Return `(rows, vocab)` logits for the next token of each row of `tokens: (rows, cur_len)`."""
+        if parents.size != self._row_image.size or np.any(parents != np.arange(parents.size)):
+            self._cache = {k: v[parents] for k, v in self._cache.items()}
+            row_image = self._row_image[parents]
+            if row_image.size != self._row_image.size or np.any(row_image != self._row_image):
+                self._cross = {k: v[row_image] for k, v in self._cross_by_image.items()}
+            self._row_image = row_image
+        feeds = {self._ids_name: np.ascontiguousarray(tokens[:, -1:], dtype=self._ids_dtype)}
+        feeds.update(self._cross)
+        feeds.update(self._cache)
+        logits, *present = self._session.run(self._outputs, feeds)
+        self._cache = dict(zip(self._self_inputs, present))
+        return logits[:, -1, :]
+
+
+class Recognizer:
+    """Reads handwritten text lines with an htr bundle, torch-free.
+
+    Parameters
+    ----------
+    bundle:
+        Folder written by `htr-export`.
+    provider:
+        "cpu" (default) or "cuda" (needs the onnxruntime-gpu package).
+    threads:
+        Threads for each ONNX Runtime session; `None` lets ONNX Runtime choose.
+    """
+
+    def __init__(self, bundle: Union[str, Path], provider: str = "cpu", threads: Optional[int] = None):
+        if provider not in PROVIDERS:
+            raise OptionsError(f"provider {provider!r} is not known: use one of {', '.join(PROVIDERS)}")
+        if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise OptionsError(
+                "provider 'cuda' asked for, but this onnxruntime has no CUDA support: "
+                "pip install onnxruntime-gpu (and uninstall onnxruntime), or use provider 'cpu'"
+            )
+        if threads is not None and threads < 1:
+            raise OptionsError(f"threads must be at least 1, got {threads}")
+        self.manifest = load_manifest(bundle)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self._sessions = {}
+        for name, spec in self.manifest.graphs.items():
+            path = self.manifest.path(spec.file)
+            try:
+                session = ort.InferenceSession(str(path), sess_options=options, providers=PROVIDERS[provider])
+            except Exception as e:  # onnxruntime raises its own untyped errors for unreadable graphs
+                raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({e})") from e
+            _check_graph(session, spec, path)
+            self._sessions[name] = session
+        self._text = TextDecoder(self.manifest.path(self.manifest.tokenizer_file), self.manifest.clean_up_tokenization_spaces)
+        gen = self.manifest.generation
+        self.defaults = GenerationOptions(
+            num_beams=gen.num_beams,
+            max_length=gen.max_length,
+            min_length=gen.min_length,
+            length_penalty=gen.length_penalty,
+            early_stopping=gen.early_stopping,
+            no_repeat_ngram_size=gen.no_repeat_ngram_size,
+        )
+
+    def _settings(self, options: GenerationOptions) -> SearchSettings:
+        """Return the search settings for `options` over the bundle defaults, checked."""
+        merged = replace(self.defaults, **{k: v for k, v in vars(options).items() if v is not None})
+        max_length = merged.max_length if merged.max_new_tokens is None else merged.max_new_tokens + 1
+        tokens = self.manifest.special_tokens
+        checks = (
+            (merged.num_beams >= 1, f"beams must be at least 1, got {merged.num_beams}"),
+            (max_length >= 2, f"max_length must be at least 2 (the start token and one more), got {max_length}"),
+            (merged.min_length >= 0, f"min_length must be at least 0, got {merged.min_length}"),
+            (merged.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be at least 0, got {merged.no_repeat_ngram_size}"),
+            (merged.early_stopping in (True, False, "never"), f"early_stopping must be True, False or 'never', got {merged.early_stopping!r}"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise OptionsError(message)
+        return SearchSettings(
+            num_beams=merged.num_beams,
+            max_length=max_length,
+            min_length=merged.min_length,
+            length_penalty=float(merged.length_penalty),
+            early_stopping=merged.early_stopping,
+            no_repeat_ngram_size=merged.no_repeat_ngram_size,
+            decoder_start=tokens.decoder_start,
+            eos=tokens.eos,
+            pad=tokens.pad,
+        )
+
+    def _encode_pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
+        pixels = preprocess([load_image(image) for image in images], self.manifest.preprocessing)
+        spec = self.manifest.graphs["encoder"]
+        pixels = pixels.astype(spec.inputs[0].dtype, copy=False)
+        return self._sessions["encoder"].run([spec.outputs[0].name], {spec.inputs[0].name: pixels})[0]
+
+    def encode(self, images: Sequence[ImageInput], batch_size: int = 8) -> np.ndarray:
+        """Return the encoder's last hidden states, float32 `(N, tokens, hidden)`, for visual features."""
+        images = _as_list(images)
+        _check_batch_size(batch_size)
+        parts = [self._encode_pixels(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        hidden = self.manifest.raw["architecture"].get("encoder_hidden_size", 0)
+        if not parts:
+            return np.zeros((0, 0, hidden), dtype=np.float32)
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def recognize(
+        self,
+        images: Union[ImageInput, Sequence[ImageInput]],
+        beams: Optional[int] = None,
+        batch_size: int = 8,
+        max_length: Optional[int] = None,
+        options: Optional[GenerationOptions] = None,
+    ) -> List[Recognition]:
+        """Return one `Recognition` per image, in input order.
+
+        `beams` and `max_length` override `options`, which override the bundle's defaults.
+        Images are paths, PIL images or numpy arrays; a bad one raises `ImageError` naming it.
+        """
+        images = _as_list(images)
+        _check_batch_size(batch_size)
+        overrides = {}
+        if beams is not None:
+            overrides["num_beams"] = beams
+        if max_length is not None:
+            overrides.update(max_length=max_length, max_new_tokens=None)
+        options = replace(options or GenerationOptions(), **overrides)
+        settings = self._settings(options)
+        results: List[Recognition] = []
+        for start in range(0, len(images), batch_size):
+            results.extend(self._recognize_batch(images[start : start + batch_size], settings))
+        return results
+
+    def _recognize_batch(self, images: Sequence[ImageInput], settings: SearchSettings) -> List[Recognition]:
+        hidden = self._encode_pixels(images)
+        spec = self.manifest.graphs["cross_attention"]
+        outputs = spec.output_names()
+        cross = dict(zip(outputs, self._sessions["cross_attention"].run(list(outputs), {spec.inputs[0].name: hidden})))
+        decoder = _CachedDecoder(self._sessions["decoder"], self.manifest, cross, len(images))
+        search = greedy_search if settings.num_beams == 1 else beam_search
+        hypotheses = search(decoder, len(images), settings)
+        texts = self._text.decode([h.tokens for h in hypotheses])
+        return [Recognition(text, h.score, tuple(int(t) for t in h.tokens)) for text, h in zip(texts, hypotheses)]
+
+
+def _as_list(images) -> list:
+    if isinstance(images, (str, Path, np.ndarray)) or hasattr(images, "getpixel"):
+        return [images]
+    return list(images)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise OptionsError(f"batch_size must be at least 1, got {batch_size}")
