@@ -1,5 +1,6 @@
 """Reading images and turning them into `pixel_values` exactly as the model's image processor does."""
 
+import warnings
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -21,9 +22,6 @@ _RESAMPLE = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
-
-# Refuse decompression bombs outright instead of only warning (PIL's default threshold warns at 89M).
-Image.MAX_IMAGE_PIXELS = 178_956_970
 
 
 def _describe(image: ImageInput) -> str:
@@ -77,8 +75,11 @@ def load_image(image: ImageInput) -> Image.Image:
                 raise ImageNotFoundError(f"{path}: no such file")
             if path.is_dir():
                 raise ImageError(f"{path}: is a folder, not an image")
-            with Image.open(path) as opened:
-                image = ImageOps.exif_transpose(opened)
+            with warnings.catch_warnings():
+                # Past Image.MAX_IMAGE_PIXELS PIL only warns; a decompression bomb is refused here.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as opened:
+                    image = ImageOps.exif_transpose(opened)
         elif isinstance(image, np.ndarray):
             image = _from_array(image)
         elif isinstance(image, Image.Image):
@@ -92,7 +93,7 @@ def load_image(image: ImageInput) -> Image.Image:
         raise
     except UnidentifiedImageError as e:
         raise ImageError(f"{name}: not an image file or an unsupported format") from e
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{name}: refused, too many pixels ({e})") from e
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name}: cannot be decoded ({e})") from e

@@ -30,6 +30,8 @@ class Variant:
     tokenizer: str = "trocr-base-handwritten"  # whose tokenizer (and image processor family) to use
     resample: int = 2  # PIL bilinear; 3 is bicubic
     eos_boost: float = 3.0  # scales the eos row of the output layer so that sequences end at varied lengths
+    boost_last: int = 0  # this many last rows (e.g. the ids past the tokenizer's vocabulary) ...
+    last_boost: float = 1.0  # ... are scaled by this, so that they are chosen now and then
     init_std: float = 0.25  # a large init makes the choices decisive: float noise cannot flip them
     seed: int = 0
 
@@ -75,6 +77,8 @@ def build_model(variant: Variant):
     model = VisionEncoderDecoderModel(config).eval()
     with torch.no_grad():
         model.decoder.output_projection.weight[2] *= variant.eos_boost
+        if variant.boost_last:
+            model.decoder.output_projection.weight[-variant.boost_last :] *= variant.last_boost
     return model
 
 
