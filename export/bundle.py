@@ -251,6 +251,8 @@ def export_bundle(checkpoint: Checkpoint, out_dir: Path, log: Callable[[str], No
         "precision": "fp32",
         "versions": _versions(),
     }
+    for key, value in manifest["generation"]["ignored_from_checkpoint"].items():
+        log(f"ignored: the checkpoint sets {key}={value}, which the htr runtime does not implement")
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest["tokenizer"] = tokenizer_spec(checkpoint.tokenizer, out_dir)
     manifest["graphs"] = write_graphs(checkpoint, out_dir, log)
