@@ -63,7 +63,7 @@ def load_checkpoint(source: str) -> Checkpoint:
 
     try:
         model = VisionEncoderDecoderModel.from_pretrained(source).eval()
-        image_processor = AutoImageProcessor.from_pretrained(source)
+        image_processor = AutoImageProcessor.from_pretrained(source, use_fast=False)
         tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
     except (OSError, ValueError) as e:
         raise ExportError(f"cannot load {source} as a VisionEncoderDecoder checkpoint with its processor: {e}") from e

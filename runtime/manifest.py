@@ -148,6 +148,18 @@ class _Reader:
         )
 
 
+def _check_cache_links(where: Path, graphs: Dict[str, GraphSpec], self_cache, cross_cache) -> None:
+    """Raise BundleError unless the cache links feed exactly the decoder's inputs after its token ids."""
+    decoder, cross = graphs["decoder"], graphs["cross_attention"]
+    fed = [link.input for link in self_cache + cross_cache]
+    if sorted(fed) != sorted(decoder.input_names()[1:]):
+        raise BundleError(f"{where}: decoder_cache feeds {sorted(fed)}, but the decoder's inputs after the token ids are {sorted(decoder.input_names()[1:])}")
+    for links, graph, name in ((self_cache, decoder, "decoder"), (cross_cache, cross, "cross_attention")):
+        for link in links:
+            if link.source not in graph.output_names():
+                raise BundleError(f"{where}: decoder_cache source {link.source} is not an output of the {name} graph")
+
+
 def load_manifest(bundle_dir: Union[str, Path], verify_files: bool = True) -> Manifest:
     """Return the checked manifest of a bundle folder.
 
@@ -213,11 +225,15 @@ def load_manifest(bundle_dir: Union[str, Path], verify_files: bool = True) -> Ma
     if tokenizer_file not in files:
         raise BundleError(f"{where}: tokenizer file {tokenizer_file} is not listed under 'files'")
 
+    self_cache = r.links(cache, "self", "decoder_cache.")
+    cross_cache = r.links(cache, "cross", "decoder_cache.")
+    _check_cache_links(where, graphs, self_cache, cross_cache)
+
     return Manifest(
         root=root,
         graphs=graphs,
-        self_cache=r.links(cache, "self", "decoder_cache."),
-        cross_cache=r.links(cache, "cross", "decoder_cache."),
+        self_cache=self_cache,
+        cross_cache=cross_cache,
         decoder_heads=r.get(arch, "decoder_heads", int, "architecture."),
         decoder_head_dim=r.get(arch, "decoder_head_dim", int, "architecture."),
         special_tokens=SpecialTokens(

@@ -180,9 +180,9 @@ class Recognizer:
         images = _as_list(images)
         _check_batch_size(batch_size)
         parts = [self._encode_pixels(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        hidden = self.manifest.raw["architecture"].get("encoder_hidden_size", 0)
         if not parts:
-            return np.zeros((0, 0, hidden), dtype=np.float32)
+            arch = self.manifest.raw.get("architecture", {})
+            return np.zeros((0, arch.get("encoder_tokens", 0), arch.get("encoder_hidden_size", 0)), dtype=np.float32)
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def recognize(

@@ -130,3 +130,55 @@ def test_real_trocr_small_architecture(tmp_path):
         results = recognizer.recognize(images, options=GenerationOptions(**kwargs))
         assert [list(r.tokens) for r in results] == tokens
         assert [r.text for r in results] == texts
+
+
+def test_checkpoint_generation_settings_become_the_defaults(tmp_path):
+    """A checkpoint that sets its own search: htr's defaults reproduce a bare `generate(pixels)`."""
+    from tiny import TROCR, Variant, save_checkpoint
+
+    if not TROCR.is_dir():
+        pytest.skip(f"needs the shared TrOCR tokenizers at {TROCR}")
+    from htr.export.bundle import export_bundle, load_checkpoint
+
+    own = dict(num_beams=3, max_length=18, length_penalty=1.7, early_stopping=True, no_repeat_ngram_size=2, repetition_penalty=1.3)
+    folder = save_checkpoint(Variant(seed=5), tmp_path / "checkpoint", generation=own)
+    messages = []
+    manifest = export_bundle(load_checkpoint(str(folder)), tmp_path / "bundle", log=messages.append)
+    generation = manifest["generation"]
+    assert {k: generation[k] for k in own if k != "repetition_penalty"} == {k: v for k, v in own.items() if k != "repetition_penalty"}
+    assert "repetition_penalty" in generation["ignored_from_checkpoint"]
+    assert any("repetition_penalty" in m for m in messages)
+    images = line_images(3, seed=8)
+    tokens, _, _, _, _ = reference(folder, images, repetition_penalty=1.0)
+    assert [list(r.tokens) for r in Recognizer(tmp_path / "bundle").recognize(images)] == tokens
+
+
+def test_unset_generation_settings_get_htr_defaults(exported):
+    _, bundle = exported("vit-roberta")
+    defaults = Recognizer(bundle).defaults
+    assert (defaults.num_beams, defaults.max_length, defaults.early_stopping) == (4, 128, False)
+
+
+def test_max_new_tokens_counts_generated_tokens_only(exported):
+    folder, bundle = exported("vit-roberta")
+    images = line_images(2, seed=3)
+    tokens, _, _, _, _ = reference(folder, images, num_beams=2, max_new_tokens=6)
+    results = Recognizer(bundle).recognize(images, options=GenerationOptions(num_beams=2, max_new_tokens=6))
+    assert [list(r.tokens) for r in results] == tokens and max(len(t) for t in tokens) <= 6
+
+
+def test_verification_catches_a_bundle_that_differs(exported):
+    """The exporter's check must fail when the bundle does not reproduce the PyTorch model."""
+    from htr.export.bundle import load_checkpoint
+    from htr.export.verify import sample_lines, verify_bundle
+
+    own, bundle = exported("vit-roberta")
+    assert verify_bundle(load_checkpoint(str(own)), bundle, sample_lines(2), log=lambda m: None)["ok"] is True
+    from transformers import VisionEncoderDecoderModel
+
+    checkpoint = load_checkpoint(str(own))
+    tampered = VisionEncoderDecoderModel.from_pretrained(own).eval()
+    with torch.no_grad():
+        tampered.decoder.output_projection.weight.mul_(-1)  # every choice changes
+    report = verify_bundle(type(checkpoint)(checkpoint.source, tampered, checkpoint.image_processor, checkpoint.tokenizer), bundle, sample_lines(2), log=lambda m: None)
+    assert report["ok"] is False
