@@ -10,7 +10,6 @@ The bundle holds three graphs and every weight once:
   weight) is not kept.
 """
 
-import tempfile
 from pathlib import Path
 from typing import Dict, List
 
@@ -117,7 +116,3 @@ def save_graph(model: onnx.ModelProto, path: Path) -> List[Path]:
     data = path.with_name(path.name + ".data")
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
     return [path, data]
-
-
-def new_work_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="htr-export-")

@@ -70,13 +70,13 @@ class _CachedDecoder:
         self._ids_name = spec.inputs[0].name
         self._ids_dtype = np.dtype(spec.inputs[0].dtype)
         self._outputs = list(spec.output_names())
-        self._self_inputs = [link.input for link in manifest.self_cache]
+        self._self_links = manifest.self_cache
         dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
         self._cross_by_image = {link.input: cross[link.source] for link in manifest.cross_cache}
         self._cross = self._cross_by_image
         self._row_image = np.arange(n_images)
         empty = (n_images, manifest.decoder_heads, 0, manifest.decoder_head_dim)
-        self._cache = {name: np.zeros(empty, dtype=dtypes[name]) for name in self._self_inputs}
+        self._cache = {link.input: np.zeros(empty, dtype=dtypes[link.input]) for link in self._self_links}
 
     def __call__(self, tokens: np.ndarray, parents: np.ndarray) -> np.ndarray:
         """Return `(rows, vocab)` logits for the next token of each row of `tokens: (rows, cur_len)`."""
@@ -89,9 +89,9 @@ class _CachedDecoder:
         feeds = {self._ids_name: np.ascontiguousarray(tokens[:, -1:], dtype=self._ids_dtype)}
         feeds.update(self._cross)
         feeds.update(self._cache)
-        logits, *present = self._session.run(self._outputs, feeds)
-        self._cache = dict(zip(self._self_inputs, present))
-        return logits[:, -1, :]
+        outputs = dict(zip(self._outputs, self._session.run(self._outputs, feeds)))
+        self._cache = {link.input: outputs[link.source] for link in self._self_links}
+        return outputs[self._outputs[0]][:, -1, :]
 
 
 class Recognizer:
