@@ -1,0 +1,66 @@
+"""The synthetic line generator: reproducible under a seed, varied, and split by font family."""
+
+import numpy as np
+import pytest
+
+from htr.errors import HtrError
+
+synth = pytest.importorskip("htr.train.synth")
+
+
+def fonts_or_skip(split):
+    try:
+        return synth.load_fonts(split)
+    except HtrError as e:
+        pytest.skip(str(e))
+
+
+def test_same_seed_same_lines_other_seed_other_lines():
+    fonts_or_skip("train")
+    a, b, c = synth.SyntheticLines("train", seed=1), synth.SyntheticLines("train", seed=1), synth.SyntheticLines("train", seed=2)
+    for i in (0, 5, 17):
+        (ia, ta), (ib, tb) = a[i], b[i]
+        assert ta == tb and ia.tobytes() == ib.tobytes()
+    assert [a[i][1] for i in range(10)] != [c[i][1] for i in range(10)]
+
+
+def test_font_split_is_by_family_and_respected():
+    train, evaluation = fonts_or_skip("train"), fonts_or_skip("eval")
+    assert not {f.package for f in train} & {f.package for f in evaluation}
+    lines = synth.SyntheticLines("eval", seed=0)
+    assert {f.path for f in lines.fonts} == {f.path for f in evaluation}
+    with pytest.raises(HtrError, match="font split"):
+        synth.load_fonts("test")
+
+
+def test_texts_mix_words_numbers_punctuation_and_case():
+    import random
+
+    texts = [synth.random_text(random.Random(i)) for i in range(300)]
+    joined = "".join(texts)
+    assert any(c.isdigit() for c in joined) and any(c.isupper() for c in joined) and any(c.islower() for c in joined)
+    assert set(",.;:!?'/$%") <= set(joined)
+    assert len(set(texts)) > 290 and max(len(t) for t in texts) < 120
+
+
+def _glyph(font, ch):
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (120, 120), 0)
+    ImageDraw.Draw(image).text((20, 20), ch, fill=255, font=font)
+    return np.asarray(image.crop(image.getbbox()).resize((24, 24)), np.float32) / 255
+
+
+def test_capitals_column_matches_the_glyphs():
+    """Fonts marked `capitals` draw lower case like upper case; their lines are labelled in capitals."""
+    from PIL import ImageFont
+
+    fonts = fonts_or_skip("train") + fonts_or_skip("eval")
+    for font in fonts:
+        face = ImageFont.truetype(font.path, 60)
+        distance = np.mean([np.abs(_glyph(face, c) - _glyph(face, c.upper())).mean() for c in "abdegr"])
+        assert (distance < 0.2) == (font.capitals == "yes"), font.path
+    lines = synth.SyntheticLines("train", seed=3)
+    for i in range(40):
+        image, text = lines[i]
+        assert image.mode == "RGB" and image.height >= 10 and image.width > image.height

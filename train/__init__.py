@@ -1,0 +1,1 @@
+"""htr.train: build-side tools for synthetic handwriting and fine-tuning (needs torch)."""

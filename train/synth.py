@@ -1,0 +1,157 @@
+"""Synthetic handwritten text lines: random English text rendered with handwriting fonts, then degraded.
+
+Every sample is a pure function of `(seed, index)`, so a dataset is reproducible and can be read
+by several workers in any order. Fonts are split by family in `fonts.tsv`: `train` fonts are never
+used for `eval` lines.
+"""
+
+import csv
+import io
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from htr.errors import HtrError
+
+FONTS_TSV = Path(__file__).with_name("fonts.tsv")
+WORDS = Path(__file__).with_name("words.txt")
+SPLITS = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class Font:
+    package: str
+    path: str
+    split: str
+    licence: str
+    capitals: str  # "yes" when the font draws lower case as capitals
+
+
+def load_fonts(split: str) -> List[Font]:
+    """Return the installed fonts of a split; raise with the install command when none is installed."""
+    if split not in SPLITS:
+        raise HtrError(f"font split must be one of {', '.join(SPLITS)}, got {split!r}")
+    rows = [line for line in FONTS_TSV.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    fonts = [Font(**row) for row in csv.DictReader(rows, delimiter="\t")]
+    chosen = [f for f in fonts if f.split == split and Path(f.path).is_file()]
+    if not chosen:
+        raise HtrError(f"no {split} font is installed; run scripts/install-fonts.sh (Debian packages listed in {FONTS_TSV})")
+    return chosen
+
+
+@lru_cache(maxsize=1)
+def _words() -> Tuple[str, ...]:
+    return tuple(w for w in WORDS.read_text(encoding="utf-8").split() if w)
+
+
+_NAMES = ("John", "Mary", "Smith", "Stanford", "Lathrop", "Jane", "Elizabeth", "Charles", "O'Brien", "McAllister", "Dr.", "Mrs.", "Mr.")
+_MONTHS = ("Jan.", "Feb.", "March", "April", "May", "June", "July", "Aug.", "Sept.", "Oct.", "Nov.", "Dec.")
+
+
+def random_text(rng: random.Random) -> str:
+    """Return one line of random English-like text: words, names, dates, numbers and punctuation, mixed case."""
+    words = _words()
+    parts = []
+    for _ in range(rng.randint(1, 7)):
+        kind = rng.random()
+        if kind < 0.70:
+            word = rng.choice(words)
+            style = rng.random()
+            word = word.capitalize() if style < 0.25 else word.upper() if style < 0.30 else word
+        elif kind < 0.80:
+            word = rng.choice(_NAMES)
+        elif kind < 0.87:
+            word = f"{rng.choice(_MONTHS)} {rng.randint(1, 31)}, {rng.randint(1850, 2030)}" if rng.random() < 0.5 else f"{rng.randint(1, 31)}/{rng.randint(1, 12)}/{rng.randint(0, 99):02d}"
+        else:
+            word = rng.choice([str(rng.randint(0, 9999)), f"{rng.randint(0, 999)}.{rng.randint(0, 99):02d}", f"${rng.randint(1, 500)}", f"{rng.randint(1, 100)}%", f"No. {rng.randint(1, 99)}"])
+        if rng.random() < 0.18:
+            word += rng.choice([",", ".", ";", ":", "!", "?", "'s"])
+        if rng.random() < 0.04:
+            word = rng.choice(["(", '"', "'"]) + word + rng.choice([")", '"', "'"])
+        parts.append(word)
+    return " ".join(parts)
+
+
+def _ink(rng: random.Random) -> Tuple[int, int, int]:
+    base = rng.choice([(20, 20, 25), (25, 35, 90), (60, 40, 30), (40, 40, 40), (15, 30, 70)])
+    return tuple(min(255, c + rng.randint(0, 60)) for c in base)
+
+
+def render_line(text: str, font_path: str, rng: random.Random) -> Image.Image:
+    """Return an RGB image of `text` written in the font, slanted, rotated, inked, on textured paper."""
+    size = rng.randint(26, 60)
+    font = ImageFont.truetype(font_path, size)
+    left, top, right, bottom = font.getbbox(text)
+    pad = size // 2
+    width, height = right - left + 2 * pad, bottom - top + 2 * pad
+    stroke = rng.choice([0, 0, 0, 1]) if size > 34 else 0
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).text((pad - left, pad - top), text, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
+
+    # Slant (shear) and a small rotation of the writing.
+    shear = rng.uniform(-0.35, 0.35)
+    mask = mask.transform((width + int(abs(shear) * height), height), Image.Transform.AFFINE,
+                          (1, shear, -shear * height if shear > 0 else 0, 0, 1, 0), resample=Image.Resampling.BILINEAR)
+    mask = mask.rotate(rng.uniform(-2.5, 2.5), resample=Image.Resampling.BILINEAR, expand=True)
+    box = mask.getbbox() or (0, 0, mask.width, mask.height)
+    margin_x, margin_y = rng.randint(2, 24), rng.randint(1, 10)
+    crop = (box[0] - margin_x, box[1] - margin_y, box[2] + margin_x, box[3] + margin_y)
+    if rng.random() < 0.15:  # clip ascenders or descenders as a tight line crop does
+        cut = rng.randint(1, max(2, (box[3] - box[1]) // 8))
+        crop = (crop[0], crop[1] + cut, crop[2], crop[3]) if rng.random() < 0.5 else (crop[0], crop[1], crop[2], crop[3] - cut)
+    mask = mask.crop(crop)
+    np_rng = np.random.default_rng(rng.getrandbits(32))
+    h, w = mask.height, mask.width
+
+    # Paper: a tint, grain, and lighting that changes across the line.
+    paper = np.array([rng.randint(205, 255), rng.randint(200, 250), rng.randint(185, 240)], dtype=np.float32)
+    light = np.linspace(rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0), w, dtype=np.float32)[None, :, None]
+    light = light * np.linspace(rng.uniform(0.85, 1.0), rng.uniform(0.85, 1.0), h, dtype=np.float32)[:, None, None]
+    page = paper[None, None, :] * light + np_rng.normal(0, rng.uniform(1, 9), size=(h, w, 1)).astype(np.float32)
+    if rng.random() < 0.25:  # ruled lines
+        rule = np.array([rng.randint(120, 200), rng.randint(140, 210), rng.randint(180, 240)], dtype=np.float32)
+        spacing = rng.randint(max(8, h // 2), max(9, h))
+        for y in range(rng.randint(0, spacing - 1), h, spacing):
+            page[y] = page[y] * 0.4 + rule * 0.6
+
+    # Ink with uneven pressure and fading.
+    alpha = np.asarray(mask, dtype=np.float32) / 255.0
+    fade = rng.uniform(0.55, 1.0) * (1 - np_rng.uniform(0, rng.uniform(0, 0.35), size=(h, w)).astype(np.float32))
+    alpha = (alpha * fade)[:, :, None]
+    pixels = page * (1 - alpha) + np.array(_ink(rng), dtype=np.float32) * alpha
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+    if rng.random() < 0.5:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 1.2)))
+    if rng.random() < 0.3:
+        noisy = np.asarray(image, dtype=np.float32) + np_rng.normal(0, rng.uniform(2, 12), size=(h, w, 1))
+        image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+    if rng.random() < 0.4:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=rng.randint(25, 90))
+        image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return image
+
+
+class SyntheticLines:
+    """An indexable, endless-ish set of `(image, text)` samples for one font split."""
+
+    def __init__(self, split: str = "train", seed: int = 0, size: int = 1_000_000):
+        self.fonts = load_fonts(split)
+        self.split, self.seed, self.size = split, seed, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Tuple[Image.Image, str]:
+        rng = random.Random(f"{self.split}:{self.seed}:{index}")
+        text = random_text(rng)
+        font = rng.choice(self.fonts)
+        if font.capitals == "yes":
+            text = text.upper()
+        return render_line(text, font.path, rng), text
