@@ -1,0 +1,115 @@
+"""htr-train: character tokenizers, CER, and short end-to-end runs (loss falls, checkpoint loads, export works)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageDraw, ImageFont
+
+pytest.importorskip("torch")
+from htr import Recognizer  # noqa: E402
+from htr.errors import HtrError  # noqa: E402
+from htr.text import TextDecoder  # noqa: E402
+from htr.train.model import ENGLISH, char_tokenizer  # noqa: E402
+from htr.train.trainer import character_error_rate, read_labels  # noqa: E402
+
+GREEK = "αβγδεζηθικλμνξοπρστυφχψω "
+GLYPH_FONTS = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/klee/KleeOne-Regular.ttf"]
+
+
+@pytest.mark.parametrize(
+    "hyp, ref, cer",
+    [("abc", "abc", 0.0), ("abd", "abc", 1 / 3), ("", "abcd", 1.0), ("abcd", "", 4.0), ("kitten", "sitting", 3 / 7)],
+)
+def test_character_error_rate(hyp, ref, cer):
+    assert character_error_rate([hyp], [ref]) == pytest.approx(cer)
+
+
+def test_char_tokenizer_round_trip_and_runtime_decode(tmp_path):
+    tokenizer = char_tokenizer(ENGLISH)
+    texts = ["Dear Sir, 22 March 1905!", "  two  spaces ", "(50%) $3.50 #7 'quoted'"]
+    ids = [tokenizer(t).input_ids for t in texts]
+    assert all(i[-1] == tokenizer.eos_token_id for i in ids)
+    assert tokenizer.batch_decode(ids, skip_special_tokens=True) == texts
+    tokenizer.save_pretrained(tmp_path)
+    assert TextDecoder(tmp_path / "tokenizer.json", False).decode(ids) == texts
+    assert tokenizer.decode(tokenizer("é").input_ids, skip_special_tokens=True) == ""  # unknown: <unk>, skipped
+
+
+def test_read_labels_errors(tmp_path):
+    with pytest.raises(HtrError, match="no labels.tsv"):
+        read_labels(tmp_path)
+    (tmp_path / "labels.tsv").write_text("only-a-path\n")
+    with pytest.raises(HtrError, match="holds no"):
+        read_labels(tmp_path)
+
+
+def _line_folder(folder: Path, texts, font_path: str) -> Path:
+    folder.mkdir(parents=True)
+    font = ImageFont.truetype(font_path, 22)
+    with open(folder / "labels.tsv", "w", encoding="utf-8") as f:
+        for i, text in enumerate(texts):
+            image = Image.new("RGB", (260, 36), "white")
+            ImageDraw.Draw(image).text((6, 5), text, fill="black", font=font)
+            image.save(folder / f"{i}.png")
+            f.write(f"{i}.png\t{text}\n")
+    return folder
+
+
+def _greek_font() -> str:
+    for path in GLYPH_FONTS:
+        if Path(path).is_file() and ImageFont.truetype(path, 20).getbbox("αβγ")[2] > 10:
+            return path
+    pytest.skip("no font with Greek glyphs installed (DejaVu Sans or Klee One)")
+
+
+def _losses(out_dir: Path):
+    states = sorted((out_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    history = json.loads(states[-1].read_text())["log_history"]
+    return [h["loss"] for h in history if "loss" in h]
+
+
+def test_new_alphabet_end_to_end(tmp_path, exported):
+    """Swap in a Greek character tokenizer, train a few steps (loss falls), export, read Greek back."""
+    from htr.export.bundle import export_bundle, load_checkpoint
+    from htr.train.cli import main
+
+    folder, _ = exported("vit-roberta")
+    font = _greek_font()
+    texts = ["αβγ δεζ", "ηθι κλμ", "νξο πρσ", "τυφ χψω"] * 2
+    data = _line_folder(tmp_path / "greek", texts, font)
+    out = tmp_path / "trained"
+    result = CliRunner().invoke(main, [str(out), "--from", str(folder), "--data", str(data), "--alphabet", GREEK,
+                                       "--steps", "60", "--batch-size", "8", "--lr", "3e-3", "--eval-every", "60"])
+    assert result.exit_code == 0, result.output
+    losses = _losses(out)
+    assert losses[-1] < 0.7 * losses[0]
+    manifest = export_bundle(load_checkpoint(str(out)), tmp_path / "bundle", log=lambda m: None)
+    assert manifest["tokenizer"]["vocab_size"] == 4 + len(set(GREEK))
+    results = Recognizer(tmp_path / "bundle").recognize([str(data / "0.png"), str(data / "1.png")], max_length=12)
+    assert all(r.text and set(r.text) <= set(GREEK) for r in results)
+
+
+def test_demo_architecture_trains_on_synthetic_lines(tmp_path):
+    from htr.train.cli import main
+    from htr.train.synth import load_fonts
+
+    try:
+        load_fonts("train")
+    except HtrError as e:
+        pytest.skip(str(e))
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, [str(out), "--demo", "--synthetic", "--steps", "12", "--batch-size", "4", "--eval-every", "12", "--eval-lines", "4"])
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    resumed = CliRunner().invoke(main, [str(out), "--demo", "--synthetic", "--steps", "14", "--batch-size", "4", "--eval-every", "12", "--eval-lines", "4", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert _losses(out) and json.loads((out / "config.json").read_text())["encoder"]["image_size"] == [32, 384]
+
+
+def test_train_needs_exactly_one_start(tmp_path):
+    from htr.train.cli import main
+
+    result = CliRunner().invoke(main, [str(tmp_path / "x"), "--synthetic"])
+    assert result.exit_code == 1 and "exactly one of --from" in result.stderr

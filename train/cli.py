@@ -1,0 +1,76 @@
+"""`htr-train`: fine-tune or train a VisionEncoderDecoder model on line images, synthetic lines, or both."""
+
+import sys
+from pathlib import Path
+
+import click
+
+from htr.errors import HtrError
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--from", "source", help="Start from this checkpoint (hub id or save_pretrained folder).")
+@click.option("--demo", is_flag=True, help="Start from scratch with the demo architecture (ViT 32x384 + 3-layer TrOCR decoder, character tokenizer).")
+@click.option("--data", "folders", multiple=True, type=click.Path(exists=True, path_type=Path), help="Folder with line images and labels.tsv; repeatable.")
+@click.option("--synthetic", is_flag=True, help="Train on synthetic handwriting lines (train fonts); evaluate on lines in held-out fonts.")
+@click.option("--alphabet", help="New character tokenizer: a file holding the alphabet, or the characters themselves. The decoder's embeddings and output layer are re-initialised, the encoder kept.")
+@click.option("--freeze-encoder", is_flag=True, help="Train the decoder only.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=5e-4, show_default=True)
+@click.option("--eval-every", type=click.IntRange(min=1), default=500, show_default=True, help="Steps between CER evaluations and checkpoints.")
+@click.option("--eval-lines", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--bf16", is_flag=True, help="Mixed precision (bf16 autocast); on CPU too.")
+@click.option("--resume", is_flag=True, help="Go on from the newest checkpoint in OUT_DIR/checkpoints.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def main(out_dir, source, demo, folders, synthetic, alphabet, freeze_encoder, steps, batch_size, learning_rate, eval_every, eval_lines, bf16, resume, seed):
+    """Train into OUT_DIR; the result is a save_pretrained folder that htr-export takes."""
+    from .model import ENGLISH, char_tokenizer, demo_image_processor, demo_model, swap_tokenizer
+    from .trainer import LineDataset, TrainSettings, preprocessing_of, read_labels, train
+
+    try:
+        if bool(source) == demo:
+            raise HtrError("give exactly one of --from MODEL and --demo")
+        if demo:
+            tokenizer = char_tokenizer(_alphabet(alphabet) if alphabet else ENGLISH)
+            model, image_processor = demo_model(len(tokenizer)), demo_image_processor()
+        else:
+            from htr.export.bundle import load_checkpoint
+
+            checkpoint = load_checkpoint(source)
+            model, image_processor, tokenizer = checkpoint.model, checkpoint.image_processor, checkpoint.tokenizer
+            if alphabet:
+                tokenizer = char_tokenizer(_alphabet(alphabet))
+                swap_tokenizer(model, tokenizer)
+        if freeze_encoder:
+            for parameter in model.encoder.parameters():
+                parameter.requires_grad = False
+        model.train()
+        pre = preprocessing_of(image_processor)
+        labelled = [row for folder in folders for row in read_labels(folder)]
+        generator = eval_generator = None
+        if synthetic:
+            from .synth import SyntheticLines
+
+            generator, eval_generator = SyntheticLines("train", seed=seed), SyntheticLines("eval", seed=seed)
+        if eval_generator is None and len(labelled) >= 20:
+            held = max(1, len(labelled) // 10)
+            labelled, held_out = labelled[held:], labelled[:held]
+            eval_data = LineDataset(tokenizer, pre, labelled=held_out)
+        else:
+            eval_data = LineDataset(tokenizer, pre, synthetic=eval_generator, size=eval_lines) if eval_generator else None
+        train_data = LineDataset(tokenizer, pre, labelled=labelled, synthetic=generator, size=steps * batch_size)
+        settings = TrainSettings(out_dir=out_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                                 eval_every=eval_every, save_every=eval_every, eval_lines=eval_lines, bf16=bf16, seed=seed)
+        train(model, tokenizer, image_processor, train_data, eval_data, settings, resume=resume)
+    except HtrError as e:
+        click.echo(f"htr-train: {e}", err=True)
+        sys.exit(1)
+    click.echo(str(out_dir))
+
+
+def _alphabet(value: str) -> str:
+    path = Path(value)
+    text = path.read_text(encoding="utf-8") if path.is_file() else value
+    return "".join(sorted(set(text.replace("\n", ""))))

@@ -1,0 +1,71 @@
+"""Models and tokenizers to train: the demo TrOCR architecture and character tokenizers for any alphabet."""
+
+import string
+from typing import Optional
+
+# Printable ASCII: what the synthetic English lines and most Latin-script archives need.
+ENGLISH = string.ascii_letters + string.digits + string.punctuation + " "
+SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0-3: bos, pad, eos (also the decoder start), unk
+
+
+def char_tokenizer(alphabet: str):
+    """Return a fast tokenizer with one token per character of `alphabet` (transformers' PreTrainedTokenizerFast)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set(alphabet))
+    vocab = {token: i for i, token in enumerate(SPECIALS)}
+    vocab.update({c: len(SPECIALS) + i for i, c in enumerate(chars)})
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        clean_up_tokenization_spaces=False, model_max_length=256,
+    )
+
+
+def demo_model(vocab_size: int, height: int = 32, width: int = 384):
+    """Return a fresh TrOCR-architecture model sized for shipping: ViT encoder + TrOCR decoder (about 8M parameters)."""
+    from transformers import TrOCRConfig, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+
+    encoder = ViTConfig(
+        image_size=[height, width], patch_size=16, hidden_size=256, num_hidden_layers=6, num_attention_heads=4,
+        intermediate_size=1024, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    decoder = TrOCRConfig(
+        vocab_size=vocab_size, d_model=256, decoder_layers=3, decoder_attention_heads=4, decoder_ffn_dim=1024,
+        max_position_embeddings=256, activation_function="gelu", layernorm_embedding=True, scale_embedding=True,
+        use_learned_position_embeddings=True, dropout=0.1, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+        decoder_start_token_id=2,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = 2, 1, 2
+    return VisionEncoderDecoderModel(config)
+
+
+def demo_image_processor(height: int = 32, width: int = 384):
+    """Return the demo model's preprocessing: a plain resize (bilinear), rescale and normalise, as ViTImageProcessor does."""
+    from transformers import ViTImageProcessor
+
+    return ViTImageProcessor(size={"height": height, "width": width}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+def swap_tokenizer(model, tokenizer, eos_id: Optional[int] = None) -> None:
+    """Give `model` a new vocabulary: the decoder's embeddings and output layer are re-initialised, the encoder kept."""
+    import torch
+
+    decoder = model.decoder
+    size = len(tokenizer)
+    decoder.resize_token_embeddings(size)
+    std = decoder.config.init_std
+    with torch.no_grad():
+        decoder.get_input_embeddings().weight.normal_(0.0, std)
+        if decoder.get_output_embeddings() is not decoder.get_input_embeddings():
+            decoder.get_output_embeddings().weight.normal_(0.0, std)
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id = tokenizer.eos_token_id if eos_id is None else eos_id
+        config.pad_token_id = tokenizer.pad_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+    model.config.decoder.vocab_size = size

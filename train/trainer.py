@@ -1,0 +1,152 @@
+"""Fine-tuning and training VisionEncoderDecoder models with transformers' Seq2SeqTrainer."""
+
+import csv
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from htr.errors import HtrError
+from htr.images import load_image, preprocess
+from htr.manifest import Preprocessing
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    out_dir: Path
+    steps: int = 1000
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    warmup_steps: int = 500
+    eval_every: int = 500
+    eval_lines: int = 200
+    save_every: int = 500
+    bf16: bool = False
+    seed: int = 0
+
+
+def read_labels(folder: Path) -> List[Tuple[str, str]]:
+    """Return `(image path, text)` pairs from `folder/labels.tsv` (`path<TAB>text`, paths relative to the folder)."""
+    folder = Path(folder)
+    tsv = folder / "labels.tsv" if folder.is_dir() else folder
+    if not tsv.is_file():
+        raise HtrError(f"{tsv}: no labels.tsv (one line per image: relative path, a tab, the transcription)")
+    with open(tsv, encoding="utf-8", newline="") as f:
+        rows = [(str(tsv.parent / r[0]), r[1]) for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 2]
+    if not rows:
+        raise HtrError(f"{tsv}: holds no `path<TAB>text` lines")
+    return rows
+
+
+def preprocessing_of(image_processor) -> Preprocessing:
+    """Return the runtime's description of a ViT-style image processor, used to prepare training images identically."""
+    from htr.export.bundle import preprocessing_spec
+
+    spec = preprocessing_spec(image_processor)
+    return Preprocessing(**{k: v for k, v in spec.items() if k != "image_processor"})
+
+
+class LineDataset:
+    """`(image, text)` sources mixed by index: labelled folders first, then synthetic lines."""
+
+    def __init__(self, tokenizer, preprocessing: Preprocessing, labelled: Sequence[Tuple[str, str]] = (), synthetic=None, size: Optional[int] = None):
+        self.tokenizer, self.preprocessing = tokenizer, preprocessing
+        self.labelled, self.synthetic = list(labelled), synthetic
+        if not self.labelled and synthetic is None:
+            raise HtrError("no training data: give a labelled folder, synthetic lines, or both")
+        self.size = size or (len(self.labelled) + (len(synthetic) if synthetic is not None and not self.labelled else 0))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        use_labelled = self.labelled and (self.synthetic is None or index % 2 == 0)
+        if use_labelled:
+            path, text = self.labelled[index % len(self.labelled)]
+            image = load_image(path)
+        else:
+            image, text = self.synthetic[index]
+        pixels = preprocess([load_image(image)], self.preprocessing)[0]
+        labels = self.tokenizer(text, truncation=True, max_length=self.tokenizer.model_max_length).input_ids
+        return {"pixel_values": pixels, "labels": labels}
+
+
+def collate(samples: List[dict]) -> dict:
+    import torch
+
+    longest = max(len(s["labels"]) for s in samples)
+    labels = np.full((len(samples), longest), -100, dtype=np.int64)
+    for i, s in enumerate(samples):
+        labels[i, : len(s["labels"])] = s["labels"]
+    return {"pixel_values": torch.from_numpy(np.stack([s["pixel_values"] for s in samples])), "labels": torch.from_numpy(labels)}
+
+
+def character_error_rate(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Return the summed edit distance over the summed reference length."""
+    errors = total = 0
+    for hyp, ref in zip(predictions, references):
+        row = list(range(len(ref) + 1))
+        for i, h in enumerate(hyp, 1):
+            prev, row[0] = row[0], i
+            for j, r in enumerate(ref, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (h != r))
+        errors += row[-1]
+        total += len(ref)
+    return errors / max(total, 1)
+
+
+def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data: Optional[LineDataset], settings: TrainSettings, resume: bool = False):
+    """Train with Seq2SeqTrainer; save a `save_pretrained` folder (model, processor, tokenizer) in `settings.out_dir`."""
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    random.seed(settings.seed)
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(settings.out_dir / "checkpoints"),
+        max_steps=settings.steps,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        warmup_steps=min(settings.warmup_steps, settings.steps // 5),
+        lr_scheduler_type="cosine",
+        weight_decay=0.01,
+        logging_steps=max(1, min(50, settings.steps // 10)),
+        eval_strategy="steps" if eval_data is not None else "no",
+        eval_steps=settings.eval_every,
+        save_strategy="steps",
+        save_steps=settings.save_every,
+        save_total_limit=2,
+        predict_with_generate=True,
+        generation_max_length=96,
+        generation_num_beams=1,
+        bf16=settings.bf16,
+        seed=settings.seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        report_to=[],
+        use_cpu=not _cuda(),
+    )
+
+    def metrics(prediction):
+        predicted = np.where(prediction.predictions < 0, tokenizer.pad_token_id, prediction.predictions)
+        labels = np.where(prediction.label_ids < 0, tokenizer.pad_token_id, prediction.label_ids)
+        texts = tokenizer.batch_decode(predicted, skip_special_tokens=True)
+        refs = tokenizer.batch_decode(labels, skip_special_tokens=True)
+        return {"cer": character_error_rate(texts, refs)}
+
+    trainer = Seq2SeqTrainer(
+        model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, data_collator=collate,
+        compute_metrics=metrics if eval_data is not None else None,
+    )
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    model.save_pretrained(settings.out_dir)
+    tokenizer.save_pretrained(settings.out_dir)
+    image_processor.save_pretrained(settings.out_dir)
+    return trainer
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
