@@ -208,14 +208,14 @@ def architecture_spec(model) -> dict:
     encoder, decoder = model.config.encoder, model.config.decoder
     d_model = decoder.d_model if hasattr(decoder, "d_model") else decoder.hidden_size
     heads = decoder.decoder_attention_heads if hasattr(decoder, "decoder_attention_heads") else decoder.num_attention_heads
-    image_size = encoder.image_size if isinstance(encoder.image_size, int) else encoder.image_size[0]
-    patch = encoder.patch_size if isinstance(encoder.patch_size, int) else encoder.patch_size[0]
+    height, width = (encoder.image_size,) * 2 if isinstance(encoder.image_size, int) else encoder.image_size
+    patch_h, patch_w = (encoder.patch_size,) * 2 if isinstance(encoder.patch_size, int) else encoder.patch_size
     extra_tokens = 2 if encoder.model_type == "deit" else 1
     return {
         "encoder_type": encoder.model_type,
         "encoder_hidden_size": int(encoder.hidden_size),
         "encoder_layers": int(encoder.num_hidden_layers),
-        "encoder_tokens": int((image_size // patch) ** 2 + extra_tokens),
+        "encoder_tokens": int((height // patch_h) * (width // patch_w) + extra_tokens),
         "decoder_type": decoder.model_type,
         "decoder_layers": int(getattr(decoder, "decoder_layers", getattr(decoder, "num_hidden_layers", 0))),
         "decoder_heads": int(heads),

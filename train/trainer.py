@@ -136,7 +136,7 @@ def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data:
         return {"cer": character_error_rate(texts, refs)}
 
     trainer = Seq2SeqTrainer(
-        model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, data_collator=collate,
+        model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, data_collator=collate, processing_class=tokenizer,
         compute_metrics=metrics if eval_data is not None else None,
     )
     trainer.train(resume_from_checkpoint=True if resume else None)
