@@ -42,7 +42,7 @@ SETTINGS = [
 @pytest.mark.parametrize("kwargs", SETTINGS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
 def test_tokens_and_text_equal_generate(exported, variant, kwargs):
     folder, bundle = exported(variant)
-    images = line_images(4, seed=hash(variant) % 100)
+    images = line_images(4, seed=sorted(VARIANTS).index(variant))  # fixed: str hashes change per process
     tokens, scores, texts, _, _ = reference(folder, images, **kwargs)
     options = GenerationOptions(**{k: v for k, v in kwargs.items()})
     results = Recognizer(bundle).recognize(images, options=options)
