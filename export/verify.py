@@ -44,10 +44,36 @@ def torch_tokens(sequences, eos: Sequence[int]) -> List[List[int]]:
     return rows
 
 
+PATH_TOLERANCE = 1e-3  # log-probabilities along PyTorch's own tokens; float noise is ~1e-5
+
+
+def path_logprob_diff(recognizer, model, images, pixels, sequences) -> np.ndarray:
+    """Return, per image, the largest |log-prob difference| between the bundle and PyTorch along PyTorch's tokens."""
+    import torch
+
+    from htr.search import log_softmax
+
+    with torch.no_grad():
+        expected = torch.log_softmax(model(pixel_values=pixels, decoder_input_ids=sequences[:, :-1]).logits, dim=-1).numpy()
+    step = recognizer._start_decoder(images)
+    tokens = sequences.numpy()
+    rows = np.arange(tokens.shape[0])
+    worst = np.zeros(tokens.shape[0])
+    for i in range(tokens.shape[1] - 1):
+        ours = log_softmax(step(tokens[:, : i + 1], rows))
+        diff = np.abs(np.nan_to_num(ours - expected[:, i], posinf=0, neginf=0))
+        worst = np.maximum(worst, diff.max(axis=1))
+    return worst
+
+
 def verify_bundle(checkpoint: Checkpoint, bundle_dir: Path, images: Sequence, log=print) -> dict:
     """Run the bundle and the PyTorch model on the same images; return a report with `ok` set.
 
-    Tokens must be identical to `generate` with the bundle's default settings.
+    The bundle passes when its tokens are identical to `generate` with the bundle's default
+    settings. Where tokens differ, both are run teacher-forced along PyTorch's tokens: if their
+    log-probabilities agree within `PATH_TOLERANCE` the graphs are faithful and the difference is a
+    near-tie that float noise decided (common in untrained, random-weight models); it is reported
+    as such and does not fail the check.
     """
     import torch
 
@@ -57,29 +83,31 @@ def verify_bundle(checkpoint: Checkpoint, bundle_dir: Path, images: Sequence, lo
     ours = recognizer.recognize(rgb, batch_size=len(rgb))
     pixels = checkpoint.image_processor(images=rgb, return_tensors="pt").pixel_values
     with torch.no_grad():
-        out = checkpoint.model.generate(
-            pixels, **generate_kwargs(manifest["generation"]), output_scores=True, return_dict_in_generate=True
-        )
+        out = checkpoint.model.generate(pixels, **generate_kwargs(manifest["generation"]), return_dict_in_generate=True)
         hidden = checkpoint.model.encoder(pixel_values=pixels).last_hidden_state.numpy()
     theirs = torch_tokens(out.sequences, manifest["special_tokens"]["eos"])
     texts = checkpoint.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
     encoder_diff = float(np.abs(recognizer.encode(rgb) - hidden).max())
-    rows = []
-    for i, (rec, ref, text) in enumerate(zip(ours, theirs, texts)):
-        rows.append({"image": i, "tokens_equal": list(rec.tokens) == ref, "text_equal": rec.text == text, "htr": rec.text, "torch": text, "length": len(ref)})
-    matches = sum(r["tokens_equal"] and r["text_equal"] for r in rows)
+    same = [list(rec.tokens) == ref and rec.text == text for rec, ref, text in zip(ours, theirs, texts)]
+    path_diff = [0.0] * len(rgb)
+    if not all(same):
+        path_diff = path_logprob_diff(recognizer, checkpoint.model, rgb, pixels, out.sequences).tolist()
+    near_ties = sum(not s and d <= PATH_TOLERANCE for s, d in zip(same, path_diff))
     report = {
-        "images": len(rows),
-        "identical": matches,
+        "images": len(rgb),
+        "identical": sum(same),
+        "near_ties": near_ties,
+        "max_path_logprob_diff": max(path_diff),
         "encoder_max_abs_diff": encoder_diff,
         "settings": {k: manifest["generation"][k] for k in ("num_beams", "max_length")},
-        "ok": matches == len(rows),
+        "ok": sum(same) + near_ties == len(rgb) and encoder_diff <= 1e-3,
     }
     log(f"verification against PyTorch generate (beams {report['settings']['num_beams']}, max_length {report['settings']['max_length']}):")
-    for r in rows:
-        mark = "same" if r["tokens_equal"] and r["text_equal"] else "DIFFERENT"
-        log(f"  image {r['image']}: {mark:9} {r['length']:3} tokens  htr={r['htr'][:40]!r}  torch={r['torch'][:40]!r}")
-    log(f"  {matches}/{len(rows)} identical; encoder states max |diff| {encoder_diff:.2e}")
+    for i, (rec, ref, text) in enumerate(zip(ours, theirs, texts)):
+        mark = "same" if same[i] else "near-tie" if path_diff[i] <= PATH_TOLERANCE else "DIFFERENT"
+        extra = "" if same[i] else f"  (log-probs along PyTorch's tokens differ by {path_diff[i]:.1e})"
+        log(f"  image {i}: {mark:9} {len(ref):3} tokens  htr={rec.text[:40]!r}  torch={text[:40]!r}{extra}")
+    log(f"  {sum(same)}/{len(rgb)} identical, {near_ties} near-ties; encoder states max |diff| {encoder_diff:.2e}")
     return report
 
 

@@ -212,12 +212,16 @@ class Recognizer:
             results.extend(self._recognize_batch(images[start : start + batch_size], settings))
         return results
 
-    def _recognize_batch(self, images: Sequence[ImageInput], settings: SearchSettings) -> List[Recognition]:
+    def _start_decoder(self, images: Sequence[ImageInput]) -> _CachedDecoder:
+        """Return a decoder step function for these images, their encoder and cross-attention work done."""
         hidden = self._encode_pixels(images)
         spec = self.manifest.graphs["cross_attention"]
         outputs = spec.output_names()
         cross = dict(zip(outputs, self._sessions["cross_attention"].run(list(outputs), {spec.inputs[0].name: hidden})))
-        decoder = _CachedDecoder(self._sessions["decoder"], self.manifest, cross, len(images))
+        return _CachedDecoder(self._sessions["decoder"], self.manifest, cross, len(images))
+
+    def _recognize_batch(self, images: Sequence[ImageInput], settings: SearchSettings) -> List[Recognition]:
+        decoder = self._start_decoder(images)
         search = greedy_search if settings.num_beams == 1 else beam_search
         hypotheses = search(decoder, len(images), settings)
         texts = self._text.decode([h.tokens for h in hypotheses])

@@ -86,17 +86,10 @@ def test_encoder_states_match_pytorch(exported, variant):
 
 def test_decoder_logits_match_pytorch(exported):
     """First-step and later logits of the ONNX decoder, fed through its KV cache, equal PyTorch's."""
-    from htr.recognizer import _CachedDecoder
-
     folder, bundle = exported("deit-xlmr")
     images = line_images(2, seed=4)
     _, _, _, model, pixels = reference(folder, images, num_beams=1, max_length=2)
-    recognizer = Recognizer(bundle)
-    hidden = recognizer.encode(images)
-    spec = recognizer.manifest.graphs["cross_attention"]
-    names = list(spec.output_names())
-    cross = dict(zip(names, recognizer._sessions["cross_attention"].run(names, {spec.inputs[0].name: hidden})))
-    step = _CachedDecoder(recognizer._sessions["decoder"], recognizer.manifest, cross, 2)
+    step = Recognizer(bundle)._start_decoder(images)
     prefix = np.random.default_rng(0).integers(3, 64044, size=(2, 7))
     prefix[:, 0] = 2
     with torch.no_grad():
@@ -182,3 +175,21 @@ def test_verification_catches_a_bundle_that_differs(exported):
         tampered.decoder.output_projection.weight.mul_(-1)  # every choice changes
     report = verify_bundle(type(checkpoint)(checkpoint.source, tampered, checkpoint.image_processor, checkpoint.tokenizer), bundle, sample_lines(2), log=lambda m: None)
     assert report["ok"] is False
+
+
+def test_verification_tells_near_ties_from_real_differences(exported):
+    """Teacher-forced log-probs along PyTorch's tokens: equal for the bundle's own model, far apart for another."""
+    from transformers import VisionEncoderDecoderModel
+
+    from htr.export.verify import PATH_TOLERANCE, path_logprob_diff
+
+    folder, bundle = exported("vit-roberta")
+    images = [load_image(i) for i in line_images(2, seed=6)]
+    tokens, _, _, model, pixels = reference(folder, images, num_beams=1, max_length=10)
+    sequences = torch.tensor([[2] + t + [1] * (max(map(len, tokens)) - len(t)) for t in tokens])
+    recognizer = Recognizer(bundle)
+    assert path_logprob_diff(recognizer, model, images, pixels, sequences).max() < PATH_TOLERANCE / 10
+    other = VisionEncoderDecoderModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        other.decoder.output_projection.weight.mul_(1.01)
+    assert path_logprob_diff(recognizer, other, images, pixels, sequences).min() > PATH_TOLERANCE
