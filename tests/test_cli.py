@@ -191,3 +191,14 @@ def test_import_htr_is_torch_free(bundle, images):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_installed_package_declares_the_runtime_requirements_only():
+    """`pip install .` brings what the runtime imports; torch and transformers only with the export extra."""
+    import importlib.metadata
+    import re
+
+    requires = importlib.metadata.requires("htr") or []
+    base = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in requires if "extra ==" not in r}
+    assert {"onnxruntime", "numpy", "pillow", "click", "tokenizers"} <= base
+    assert not base & {"torch", "transformers", "optimum", "optimum-onnx", "onnx"}

@@ -25,6 +25,8 @@ class TrainSettings:
     save_every: int = 500
     bf16: bool = False
     seed: int = 0
+    ctc_weight: float = 0.0
+    lr_schedule: str = "cosine"
 
 
 def read_labels(folder: Path) -> List[Tuple[str, str]]:
@@ -109,7 +111,7 @@ def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data:
         per_device_eval_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
         warmup_steps=min(settings.warmup_steps, settings.steps // 5),
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=settings.lr_schedule,
         weight_decay=0.01,
         logging_steps=max(1, min(50, settings.steps // 10)),
         eval_strategy="steps" if eval_data is not None else "no",
@@ -135,15 +137,77 @@ def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data:
         refs = tokenizer.batch_decode(labels, skip_special_tokens=True)
         return {"cer": character_error_rate(texts, refs)}
 
-    trainer = Seq2SeqTrainer(
+    trainer_class = Seq2SeqTrainer
+    if settings.ctc_weight > 0:
+        attach_ctc_head(model, len(tokenizer))
+        trainer_class = _ctc_trainer(settings.ctc_weight, blank=tokenizer.pad_token_id, ignore=set(tokenizer.all_special_ids))
+    trainer = trainer_class(
         model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, data_collator=collate, processing_class=tokenizer,
         compute_metrics=metrics if eval_data is not None else None,
     )
     trainer.train(resume_from_checkpoint=True if resume else None)
+    if hasattr(model, "ctc_head"):
+        del model.ctc_head  # training only: the exported model is the plain VisionEncoderDecoder
     model.save_pretrained(settings.out_dir)
     tokenizer.save_pretrained(settings.out_dir)
     image_processor.save_pretrained(settings.out_dir)
     return trainer
+
+
+CTC_UPSAMPLE = 2  # CTC steps per encoder column: lines hold more characters than a 32x384 image has patch columns
+
+
+def _patch_grid(encoder_config) -> Tuple[int, int]:
+    def pair(value):
+        return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+    (height, width), (patch_h, patch_w) = pair(encoder_config.image_size), pair(encoder_config.patch_size)
+    return height // patch_h, width // patch_w
+
+
+def attach_ctc_head(model, vocab_size: int) -> None:
+    """Give `model` a training-only `ctc_head`: each patch column's features (all rows) -> CTC_UPSAMPLE steps of vocabulary logits.
+
+    An auxiliary CTC loss on the encoder output aligns the encoder with the text early, which gets
+    from-scratch training off the unigram plateau sooner. The head is deleted before saving.
+    """
+    import torch
+
+    rows, _ = _patch_grid(model.config.encoder)
+    model.ctc_head = torch.nn.Linear(rows * model.config.encoder.hidden_size, CTC_UPSAMPLE * vocab_size)
+
+
+def ctc_loss(head, hidden, labels, blank: int, ignore: set):
+    """CTC loss of the encoder's last hidden state (B, extra + rows*cols, H) against the decoder labels."""
+    import torch
+
+    config_rows = head.in_features // hidden.shape[-1]
+    batch, tokens, size = hidden.shape
+    patches = hidden[:, tokens - (tokens // config_rows) * config_rows:]  # drop CLS / distillation tokens
+    columns = patches.reshape(batch, config_rows, -1, size).permute(0, 2, 1, 3).reshape(batch, -1, config_rows * size)
+    logits = head(columns).reshape(batch, columns.shape[1] * CTC_UPSAMPLE, -1)
+    log_probs = logits.float().log_softmax(-1).transpose(0, 1)
+    targets = [[t for t in row.tolist() if t >= 0 and t not in ignore] for row in labels]
+    lengths = torch.tensor([len(t) for t in targets])
+    flat = torch.tensor([t for row in targets for t in row], dtype=torch.long)
+    steps = torch.full((batch,), log_probs.shape[0], dtype=torch.long)
+    return torch.nn.functional.ctc_loss(log_probs, flat, steps, lengths, blank=blank, zero_infinity=True)
+
+
+def _ctc_trainer(weight: float, blank: int, ignore: set):
+    from transformers import Seq2SeqTrainer
+
+    class CtcTrainer(Seq2SeqTrainer):
+        """Seq2SeqTrainer whose training loss adds `weight` x CTC loss on the encoder output."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)
+            loss = outputs.loss
+            if model.training:
+                loss = loss + weight * ctc_loss(model.ctc_head, outputs.encoder_last_hidden_state, inputs["labels"], blank, ignore)
+            return (loss, outputs) if return_outputs else loss
+
+    return CtcTrainer
 
 
 def _cuda() -> bool:
