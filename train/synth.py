@@ -149,9 +149,42 @@ class SyntheticLines:
         return self.size
 
     def __getitem__(self, index: int) -> Tuple[Image.Image, str]:
+        image, text, _ = self.sample(index)
+        return image, text
+
+    def sample(self, index: int) -> Tuple[Image.Image, str, Font]:
+        """Return line `index`: its image, its text and the font it was written in."""
         rng = random.Random(f"{self.split}:{self.seed}:{index}")
         text = random_text(rng)
         font = rng.choice(self.fonts)
         if font.capitals == "yes":
             text = text.upper()
-        return render_line(text, font.path, rng), text
+        return render_line(text, font.path, rng), text, font
+
+
+def write_folder(folder: Path, count: int, split: str, seed: int) -> Path:
+    """Write `count` synthetic lines as JPEG files with `labels.tsv` and `sources.tsv` (font and licence of each)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = SyntheticLines(split, seed=seed)
+    with open(folder / "labels.tsv", "w", encoding="utf-8") as labels, open(folder / "sources.tsv", "w", encoding="utf-8") as sources:
+        sources.write("path\tfont_package\tfont_file\tfont_licence\n")
+        for index in range(count):
+            image, text, font = lines.sample(index)
+            name = f"{split}-{seed}-{index:04d}.jpg"
+            image.save(folder / name, quality=92)
+            labels.write(f"{name}\t{text}\n")
+            sources.write(f"{name}\t{font.package}\t{Path(font.path).name}\t{font.licence}\n")
+    return folder
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write synthetic handwriting lines with labels.tsv and sources.tsv.")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--split", choices=SPLITS, default="train")
+    parser.add_argument("--seed", type=int, default=0)
+    arguments = parser.parse_args()
+    print(write_folder(arguments.folder, arguments.count, arguments.split, arguments.seed))
