@@ -261,11 +261,11 @@ def export_bundle(checkpoint: Checkpoint, out_dir: Path, log: Callable[[str], No
     return manifest
 
 
-def record_verification(out_dir: Path, verification: Optional[dict]) -> None:
-    """Add the verification report to an existing bundle's manifest."""
+def record_in_manifest(out_dir: Path, key: str, report: Optional[dict]) -> None:
+    """Add a report (verification, accuracy) under `key` to an existing bundle's manifest."""
     path = Path(out_dir) / MANIFEST_NAME
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    manifest["verification"] = verification
+    manifest[key] = report
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 

@@ -113,3 +113,74 @@ def main(inputs, model, beams, batch_size, max_length, fmt, provider, threads):
     if failed:
         click.echo(f"htr-run: {failed} of {len(items)} inputs could not be read", err=True)
         sys.exit(EXIT_BAD_INPUT)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("paths", nargs=-1, required=True, metavar="BUNDLE... DATA")
+@click.option("--beams", type=click.IntRange(min=1), help="Beam width. Default: each bundle's own.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), envvar="HTR_THREADS", help="Threads per ONNX Runtime session [env: HTR_THREADS].")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N lines.")
+@click.option("--jsonl", "jsonl_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write one JSON row per line: path, reference, and each bundle's text and CER.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Summary on stdout as a table or as one JSON object.")
+def eval_main(paths, beams, batch_size, threads, limit, jsonl_path, fmt):
+    """Measure CER and WER of one or more BUNDLEs on DATA (a folder with labels.tsv, or the labels.tsv file).
+
+    With two bundles (say fp32 and int8) it also prints the CER difference and the share of lines
+    both read identically. Exit status: 0 done, 1 some images could not be read (counted as empty
+    output), 2 bad command line, 3 a bundle is missing or damaged.
+    """
+    from .evaluate import agreement, character_error_rate, evaluate, read_labels
+    from .recognizer import Recognizer
+
+    if len(paths) < 2:
+        raise click.UsageError("give at least one BUNDLE and then DATA")
+    bundles, data = [Path(p) for p in paths[:-1]], Path(paths[-1])
+    try:
+        rows = read_labels(data)[:limit]
+    except HtrError as e:
+        click.echo(f"htr-eval: {e}", err=True)
+        sys.exit(EXIT_USAGE)
+    results, unreadable = [], set()
+    for bundle in bundles:
+        try:
+            recognizer = Recognizer(bundle, threads=threads)
+        except HtrError as e:
+            click.echo(f"htr-eval: {e}", err=True)
+            sys.exit(EXIT_BUNDLE)
+        show = sys.stderr.isatty()
+        with click.progressbar(length=len(rows), label=str(bundle), file=sys.stderr if show else None, hidden=not show) as bar:
+            def progress(done=0, error=None):
+                if error and error not in unreadable:
+                    unreadable.add(error)
+                    click.echo(f"htr-eval: {error}", err=True)
+                bar.update(done)
+
+            results.append(evaluate(recognizer, rows, beams=beams, batch_size=batch_size, progress=progress))
+    summary = {
+        "data": str(data),
+        "lines": len(rows),
+        "unreadable": len(unreadable),
+        "bundles": [{"bundle": str(b), "cer": r.cer, "wer": r.wer, "seconds_per_line": r.seconds / max(len(rows), 1)} for b, r in zip(bundles, results)],
+    }
+    if len(results) == 2:
+        summary["cer_increase_points"] = 100 * (results[1].cer - results[0].cer)
+        summary["identical_share"] = agreement(results[0], results[1])
+    if jsonl_path:
+        with open(jsonl_path, "w", encoding="utf-8") as f:
+            for i, (path, reference) in enumerate(rows):
+                row = {"path": path, "reference": reference}
+                row["texts"] = [r.texts[i] for r in results]
+                row["cer"] = [None if r.texts[i] is None else character_error_rate([r.texts[i]], [reference]) for r in results]
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if fmt == "json":
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"{len(rows)} lines from {data}")
+        click.echo("| bundle | CER | WER | s/line |\n|---|---|---|---|")
+        for entry in summary["bundles"]:
+            click.echo(f"| {entry['bundle']} | {100 * entry['cer']:.2f}% | {100 * entry['wer']:.2f}% | {entry['seconds_per_line']:.3f} |")
+        if len(results) == 2:
+            click.echo(f"second - first: CER {summary['cer_increase_points']:+.2f} points; identical text on {100 * summary['identical_share']:.1f}% of lines")
+    if unreadable:
+        sys.exit(EXIT_BAD_INPUT)

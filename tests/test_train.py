@@ -13,7 +13,7 @@ from htr import Recognizer  # noqa: E402
 from htr.errors import HtrError  # noqa: E402
 from htr.text import TextDecoder  # noqa: E402
 from htr.train.model import ENGLISH, char_tokenizer  # noqa: E402
-from htr.train.trainer import character_error_rate, read_labels  # noqa: E402
+from htr.evaluate import character_error_rate, read_labels  # noqa: E402
 
 GREEK = "αβγδεζηθικλμνξοπρστυφχψω "
 GLYPH_FONTS = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/klee/KleeOne-Regular.ttf"]

@@ -30,7 +30,9 @@ from htr.errors import HtrError
 def main(out_dir, source, demo, folders, synthetic, alphabet, freeze_encoder, steps, batch_size, learning_rate, lr_schedule, eval_every, eval_lines, bf16, ctc_weight, resume, seed):
     """Train into OUT_DIR; the result is a save_pretrained folder that htr-export takes."""
     from .model import ENGLISH, char_tokenizer, demo_image_processor, demo_model, swap_tokenizer
-    from .trainer import LineDataset, TrainSettings, preprocessing_of, read_labels, train
+    from htr.evaluate import read_labels
+
+    from .trainer import LineDataset, TrainSettings, preprocessing_of, train
 
     try:
         if bool(source) == demo:

@@ -1,6 +1,5 @@
 """Fine-tuning and training VisionEncoderDecoder models with transformers' Seq2SeqTrainer."""
 
-import csv
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from htr.errors import HtrError
+from htr.evaluate import character_error_rate
 from htr.images import load_image, preprocess
 from htr.manifest import Preprocessing
 
@@ -27,19 +27,6 @@ class TrainSettings:
     seed: int = 0
     ctc_weight: float = 0.0
     lr_schedule: str = "cosine"
-
-
-def read_labels(folder: Path) -> List[Tuple[str, str]]:
-    """Return `(image path, text)` pairs from `folder/labels.tsv` (`path<TAB>text`, paths relative to the folder)."""
-    folder = Path(folder)
-    tsv = folder / "labels.tsv" if folder.is_dir() else folder
-    if not tsv.is_file():
-        raise HtrError(f"{tsv}: no labels.tsv (one line per image: relative path, a tab, the transcription)")
-    with open(tsv, encoding="utf-8", newline="") as f:
-        rows = [(str(tsv.parent / r[0]), r[1]) for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 2]
-    if not rows:
-        raise HtrError(f"{tsv}: holds no `path<TAB>text` lines")
-    return rows
 
 
 def preprocessing_of(image_processor) -> Preprocessing:
@@ -83,20 +70,6 @@ def collate(samples: List[dict]) -> dict:
     for i, s in enumerate(samples):
         labels[i, : len(s["labels"])] = s["labels"]
     return {"pixel_values": torch.from_numpy(np.stack([s["pixel_values"] for s in samples])), "labels": torch.from_numpy(labels)}
-
-
-def character_error_rate(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Return the summed edit distance over the summed reference length."""
-    errors = total = 0
-    for hyp, ref in zip(predictions, references):
-        row = list(range(len(ref) + 1))
-        for i, h in enumerate(hyp, 1):
-            prev, row[0] = row[0], i
-            for j, r in enumerate(ref, 1):
-                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (h != r))
-        errors += row[-1]
-        total += len(ref)
-    return errors / max(total, 1)
 
 
 def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data: Optional[LineDataset], settings: TrainSettings, resume: bool = False):

@@ -1,0 +1,1 @@
+"""Handwriting lines that `htr-export --int8` calibrates on by default (see README.md here)."""

@@ -1,0 +1,90 @@
+"""Accuracy of a bundle on labelled lines: character and word error rates, and how two bundles agree."""
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from .errors import HtrError, ImageError
+from .images import load_image
+
+
+def read_labels(source: Path) -> List[Tuple[str, str]]:
+    """Return `(image path, text)` pairs from `labels.tsv` (`path<TAB>text`, paths relative to its folder).
+
+    `source` is the folder holding `labels.tsv` or the file itself.
+    """
+    source = Path(source)
+    tsv = source / "labels.tsv" if source.is_dir() else source
+    if not tsv.is_file():
+        raise HtrError(f"{tsv}: no labels.tsv (one line per image: relative path, a tab, the transcription)")
+    with open(tsv, encoding="utf-8", newline="") as f:
+        rows = [(str(tsv.parent / r[0]), r[1]) for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 2]
+    if not rows:
+        raise HtrError(f"{tsv}: holds no `path<TAB>text` lines")
+    return rows
+
+
+def edit_distance(hyp: Sequence, ref: Sequence) -> int:
+    """Return the Levenshtein distance between two sequences (characters or words)."""
+    row = list(range(len(ref) + 1))
+    for i, h in enumerate(hyp, 1):
+        prev, row[0] = row[0], i
+        for j, r in enumerate(ref, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (h != r))
+    return row[-1]
+
+
+def character_error_rate(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Return the summed character edit distance over the summed reference length."""
+    errors = sum(edit_distance(h, r) for h, r in zip(predictions, references))
+    return errors / max(sum(len(r) for r in references), 1)
+
+
+def word_error_rate(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Return the summed word edit distance (whitespace-split) over the summed reference word count."""
+    errors = sum(edit_distance(h.split(), r.split()) for h, r in zip(predictions, references))
+    return errors / max(sum(len(r.split()) for r in references), 1)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One bundle on one labelled set: the texts it read (None where the image could not be read) and its error rates."""
+
+    texts: List[Optional[str]]
+    cer: float
+    wer: float
+    seconds: float
+
+
+def evaluate(recognizer, rows: Sequence[Tuple[str, str]], beams: Optional[int] = None, batch_size: int = 8, progress=None) -> Evaluation:
+    """Read every labelled line with `recognizer`; unreadable images count as empty output and are reported by `progress`."""
+    import time
+
+    texts: List[Optional[str]] = [None] * len(rows)
+    started = time.perf_counter()
+    for start in range(0, len(rows), batch_size):
+        chunk = list(range(start, min(start + batch_size, len(rows))))
+        images, kept = [], []
+        for i in chunk:
+            try:
+                images.append(load_image(rows[i][0]))
+                kept.append(i)
+            except ImageError as e:
+                if progress:
+                    progress(error=str(e))
+        if images:
+            for i, result in zip(kept, recognizer.recognize(images, beams=beams, batch_size=batch_size)):
+                texts[i] = result.text
+        if progress:
+            progress(done=len(chunk))
+    seconds = time.perf_counter() - started
+    predictions = [t or "" for t in texts]
+    references = [r[1] for r in rows]
+    return Evaluation(texts, character_error_rate(predictions, references), word_error_rate(predictions, references), seconds)
+
+
+def agreement(first: Evaluation, second: Evaluation) -> float:
+    """Return the share of lines both read to identical text."""
+    pairs = [(a, b) for a, b in zip(first.texts, second.texts) if a is not None and b is not None]
+    return sum(a == b for a, b in pairs) / max(len(pairs), 1)
