@@ -1,0 +1,149 @@
+"""Quantized bundles (static int8 on recorded inputs, dynamic int8, fp16), the accuracy gate, and htr-eval."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import line_images
+from htr import Recognizer
+from htr.cli import EXIT_BAD_INPUT, EXIT_USAGE, eval_main
+from htr.evaluate import character_error_rate, edit_distance, read_labels, word_error_rate
+
+pytest.importorskip("onnxruntime.quantization")
+
+
+def _op_types(path):
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lines")
+    paths = []
+    for i, array in enumerate(line_images(6, seed=5)):
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(array).save(paths[-1])
+    return paths
+
+
+def test_error_rates():
+    assert edit_distance("kitten", "sitting") == 3
+    assert word_error_rate(["the cat sat"], ["the cat sat down"]) == pytest.approx(1 / 4)
+    assert word_error_rate(["a b"], ["a c"]) == pytest.approx(1 / 2)
+    assert character_error_rate(["ab", "c"], ["abc", "c"]) == pytest.approx(1 / 4)
+
+
+def test_recorded_calibration_inputs_are_real_steps(exported, lines):
+    """The decoder's calibration feeds are the runtime's own: token ids with the cache at several lengths."""
+    from htr.export.quantize import QuantizeSettings, record_inputs
+
+    bundle = exported("vit-roberta")[1]
+    feeds = record_inputs(bundle, [str(p) for p in lines], QuantizeSettings(max_steps=1000), log=lambda m: None)
+    assert {f["pixel_values"].shape[0] for f in feeds["encoder"]} == {6}
+    cache_lengths = {v.shape[2] for f in feeds["decoder"] for k, v in f.items() if ".decoder." in k}
+    assert 0 in cache_lengths and len(cache_lengths) > 3
+    reference = Recognizer(bundle).encode([str(p) for p in lines])
+    np.testing.assert_allclose(feeds["cross_attention"][0]["encoder_hidden_states"], reference, atol=1e-6)
+
+
+def test_reservoir_keeps_a_bounded_uniform_sample():
+    from htr.export.quantize import _Recorder
+
+    class Session:
+        def run(self, outputs, feeds):
+            return []
+
+    recorder = _Recorder(Session(), limit=10, budget_bytes=10**9, seed=0)
+    for i in range(1000):
+        recorder.run([], {"x": np.array([i])})
+    kept = sorted(int(f["x"][0]) for f in recorder.kept)
+    assert len(kept) == 10 and recorder.seen == 1000 and kept[-1] > 500  # not just the first ten
+
+
+@pytest.mark.parametrize("mode, expected_ops", [("static", {"QuantizeLinear", "DequantizeLinear"}), ("dynamic", {"DynamicQuantizeLinear"}), ("fp16", {"Cast"})])
+def test_quantized_bundles_load_run_and_shrink(exported, lines, tmp_path, mode, expected_ops):
+    from htr.export.quantize import QuantizeSettings, quantize_bundle
+
+    _, fp32 = exported("vit-roberta")
+    manifest = quantize_bundle(fp32, tmp_path / mode, QuantizeSettings(mode=mode), [str(p) for p in lines], log=lambda m: None)
+    assert manifest["precision"] == ("fp16" if mode == "fp16" else f"int8-{mode}")
+    for name in ("encoder", "decoder"):
+        assert expected_ops <= _op_types(tmp_path / mode / f"{name}.onnx"), name
+    fp32_weights = sum(json.loads((fp32 / "manifest.json").read_text())["graphs"][g]["weight_bytes"] for g in ("encoder", "decoder"))
+    weights = sum(manifest["graphs"][g]["weight_bytes"] for g in ("encoder", "decoder"))
+    assert weights < (0.6 if mode == "fp16" else 0.4) * fp32_weights
+    results = Recognizer(tmp_path / mode).recognize([str(p) for p in lines[:2]], beams=2, max_length=10)
+    assert all(isinstance(r.text, str) and len(r.tokens) <= 9 for r in results)
+
+
+def _labelled(folder, paths, texts):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "labels.tsv").write_text("".join(f"{p}\t{t}\n" for p, t in zip(paths, texts)), encoding="utf-8")
+    return folder
+
+
+def test_htr_eval_one_and_two_bundles(exported, lines, tmp_path):
+    bundle = exported("vit-roberta")[1]
+    read = [r.text for r in Recognizer(bundle).recognize([str(p) for p in lines[:3]], max_length=12)]
+    references = read[:2] + [read[2] + "xyz"]
+    data = _labelled(tmp_path / "data", lines[:3], references)
+    assert read_labels(data)[0] == (str(lines[0]), references[0])
+
+    result = CliRunner().invoke(eval_main, [str(bundle), str(data), "--format", "json", "--jsonl", str(tmp_path / "rows.jsonl")], env={"HTR_THREADS": "1"})
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["lines"] == 3
+    # htr-eval reads with the bundle's default length; the references came from max_length 12, so compare through its own rows.
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    texts = [r["texts"][0] for r in rows]
+    assert summary["bundles"][0]["cer"] == pytest.approx(character_error_rate(texts, references))
+
+    two = CliRunner().invoke(eval_main, [str(bundle), str(bundle), str(data)])
+    assert two.exit_code == 0, two.output
+    assert "CER +0.00 points; identical text on 100.0% of lines" in two.stdout
+
+
+def test_htr_eval_bad_inputs(exported, lines, tmp_path):
+    bundle = exported("vit-roberta")[1]
+    (tmp_path / "broken.png").write_text("not a png")
+    data = _labelled(tmp_path / "data", [lines[0], tmp_path / "broken.png"], ["a", "b"])
+    result = CliRunner().invoke(eval_main, [str(bundle), str(data)])
+    assert result.exit_code == EXIT_BAD_INPUT and "broken.png" in result.stderr and "| " in result.stdout
+    missing = CliRunner().invoke(eval_main, [str(bundle), str(tmp_path / "nowhere")])
+    assert missing.exit_code == EXIT_USAGE and "labels.tsv" in missing.stderr
+    alone = CliRunner().invoke(eval_main, [str(bundle)])
+    assert alone.exit_code == EXIT_USAGE
+
+
+def test_export_int8_records_accuracy_and_says_when_it_cannot_judge(exported, lines, tmp_path):
+    from htr.export.cli import main
+
+    folder, _ = exported("vit-roberta")
+    data = _labelled(tmp_path / "eval", lines, ["Dear Sir, a line it cannot read"] * len(lines))
+    result = CliRunner().invoke(main, [str(folder), str(tmp_path / "int8"), "--int8", "--calibration", str(lines[0].parent), "--eval-data", str(data), "--verify", "1"])
+    assert result.exit_code == 0, result.output
+    assert "cannot be judged" in result.stderr
+    manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    assert manifest["precision"] == "int8-static" and manifest["accuracy"]["judged"] is False
+    assert manifest["quantization"]["calibration_lines"] == len(lines)
+
+
+def test_export_refuses_an_int8_bundle_that_loses_accuracy(exported, lines, tmp_path, monkeypatch):
+    """The gate: a judged comparison above --max-cer-increase removes the bundle and exits 5, unless --keep-anyway."""
+    import htr.export.quantize as quantize
+    from htr.export.cli import EXIT_ACCURACY, main
+
+    folder, _ = exported("vit-roberta")
+    data = _labelled(tmp_path / "eval", lines, ["x"] * len(lines))
+    worse = {"lines": 6, "fp32_cer": 0.02, "quantized_cer": 0.05, "cer_increase_points": 3.0, "identical_share": 0.5, "judged": True}
+    monkeypatch.setattr(quantize, "compare_accuracy", lambda *a, **k: dict(worse))
+    args = [str(folder), "--quantize", "dynamic", "--eval-data", str(data), "--verify", "0"]
+    refused = CliRunner().invoke(main, [args[0], str(tmp_path / "q")] + args[1:])
+    assert refused.exit_code == EXIT_ACCURACY and "3.00 points above fp32" in refused.stderr
+    assert not (tmp_path / "q").exists()
+    kept = CliRunner().invoke(main, [args[0], str(tmp_path / "kept")] + args[1:] + ["--keep-anyway"])
+    assert kept.exit_code == 0 and json.loads((tmp_path / "kept" / "manifest.json").read_text())["accuracy"]["cer_increase_points"] == 3.0
