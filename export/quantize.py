@@ -36,6 +36,8 @@ class QuantizeSettings:
     activations: str = "u8"  # u8 (asymmetric) or s8 (symmetric)
     op_types: tuple = ("MatMul", "Gather")
     per_channel: bool = True
+    quantized_outputs: bool = False  # False: MatMul outputs stay float (DQ-MatMul fuses to MatMulIntegerToFloat)
+    preprocess: bool = False  # run onnxruntime's quant_pre_process (shape inference, graph optimisation) first
     budget_bytes: int = 1_500_000_000  # recorded inputs kept per graph
     max_steps: int = 512  # recorded decoder steps kept
 
@@ -93,6 +95,17 @@ def _reader(feeds: List[Dict[str, np.ndarray]]):
     return Reader()
 
 
+def activation_products(model: onnx.ModelProto) -> List[str]:
+    """Return the MatMul nodes whose second input is not a weight: the attention products (QK^T, attention x V).
+
+    Quantizing them statically costs a QuantizeLinear over the whole KV cache at every step (and
+    the cross-attention keys are the largest tensors of a decoder step), for little gain.
+    """
+    weights = {t.name for t in model.graph.initializer}
+    weights |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
+
+
 def quantize_graph(source: Path, target: Path, feeds: Optional[List[Dict[str, np.ndarray]]], settings: QuantizeSettings) -> None:
     """Write the int8 (QDQ static or dynamic) or fp16 version of the graph `source` to `target`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -110,13 +123,22 @@ def quantize_graph(source: Path, target: Path, feeds: Optional[List[Dict[str, np
         return
     if not feeds:
         raise ExportError(f"no calibration inputs were recorded for {source.name}")
+    if settings.preprocess:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepared = target.with_name(target.stem + ".prepared.onnx")
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        source = prepared
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[settings.method]
     symmetric = settings.activations == "s8"
     extra.update(ActivationSymmetric=symmetric, WeightSymmetric=True)
+    if not settings.quantized_outputs:
+        extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
     if settings.method == "minmax":
         extra["CalibMaxIntermediateOutputs"] = 16  # merge ranges as it goes instead of holding every activation
     quantize_static(
         str(source), str(target), _reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(settings.op_types),
+        nodes_to_exclude=activation_products(onnx.load(str(source), load_external_data=False)),
         per_channel=settings.per_channel, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
         weight_type=QuantType.QInt8, calibrate_method=method, extra_options=extra,
     )
