@@ -1,7 +1,7 @@
 """htr: TrOCR-style handwriting recognition with ONNX Runtime, without PyTorch."""
 
 from .errors import BundleError, BundleNotFoundError, HtrError, ImageError, ImageNotFoundError, OptionsError
-from .recognizer import GenerationOptions, Recognition, Recognizer
+from .recognizer import GenerationOptions, Page, PageLine, Recognition, Recognizer
 
 __version__ = "0.1.0"
 
@@ -13,6 +13,8 @@ __all__ = [
     "ImageError",
     "ImageNotFoundError",
     "OptionsError",
+    "Page",
+    "PageLine",
     "Recognition",
     "Recognizer",
 ]

@@ -5,7 +5,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import click
 
@@ -48,13 +48,77 @@ def _batches(items: List[Tuple[str, str]], size: int) -> Iterator[List[Tuple[str
         yield items[start : start + size]
 
 
+def _row(path: str, result, seconds: float) -> dict:
+    """Return the JSON row of one input: a line's text, or a page's lines with their boxes."""
+    if hasattr(result, "lines"):
+        lines = [{"box": list(line.box), "polygon": [list(p) for p in line.polygon], "text": line.text, "score": line.score,
+                  "tokens": list(line.tokens)} for line in result.lines]
+        return {"path": path, "layout": "page", "text": result.text, "width": result.width, "height": result.height,
+                "rotation": round(result.rotation, 2), "lines": lines, "seconds": round(seconds, 4)}
+    return {"path": path, "layout": "line", "text": result.text, "score": result.score, "tokens": list(result.tokens), "seconds": round(seconds, 4)}
+
+
 def _format(fmt: str, path: str, result, seconds: float) -> str:
+    lines = result.lines if hasattr(result, "lines") else [result]
     if fmt == "text":
-        return result.text
+        return "\n".join(line.text for line in lines)
     if fmt == "tsv":
-        return f"{path}\t{result.text}\t{result.score:.6f}"
-    row = {"path": path, "text": result.text, "score": result.score, "tokens": list(result.tokens), "seconds": round(seconds, 4)}
-    return json.dumps(row, ensure_ascii=False)
+        return "\n".join(f"{path}\t{line.text}\t{line.score:.6f}" for line in lines)
+    return json.dumps(_row(path, result, seconds), ensure_ascii=False)
+
+
+def _side_path(target: Path, source: str, suffix: str, many: bool) -> Path:
+    """Return where an output for `source` goes: `target` itself for one input, else `target/<stem><suffix>`."""
+    if many or target.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return target / (Path(source).stem + suffix)
+    return target
+
+
+def _read(recognizer, loaded, layout, beams, batch_size, max_length):
+    """Return `(result, seconds)` per loaded image: lines read together in one batch, pages one by one."""
+    from .page import analyse, is_line_shaped
+
+    results = [None] * len(loaded)
+    line_indices, layouts = [], {}
+    for i, (_, image) in enumerate(loaded):
+        if layout == "line" or (layout == "auto" and is_line_shaped(image)):
+            line_indices.append(i)
+            continue
+        found = analyse(image)
+        if layout == "auto" and len(found.lines) <= 1:
+            line_indices.append(i)
+        else:
+            layouts[i] = found
+    if line_indices:
+        started = time.perf_counter()
+        lines = recognizer.recognize([loaded[i][1] for i in line_indices], beams=beams, batch_size=batch_size, max_length=max_length)
+        share = (time.perf_counter() - started) / len(line_indices)
+        for i, result in zip(line_indices, lines):
+            results[i] = (result, share)
+    for i, found in layouts.items():
+        started = time.perf_counter()
+        page = recognizer.read_page(loaded[i][1], beams=beams, batch_size=batch_size, max_length=max_length, layout=found)
+        results[i] = (page, time.perf_counter() - started)
+    return results
+
+
+def _write_extras(path: str, image, result, page_xml: Optional[Path], overlay: Optional[Path], many: bool) -> None:
+    """Write the PAGE XML and overlay asked for; a single line is written as a page of one line."""
+    if not (page_xml or overlay):
+        return
+    from .page_output import draw_overlay, page_xml as to_xml
+    from .recognizer import Page, PageLine
+
+    page = result
+    if not hasattr(result, "lines"):
+        w, h = image.size
+        corners = ((0, 0), (w, 0), (w, h), (0, h))
+        page = Page(w, h, 0.0, [PageLine((0, 0, w, h), corners, result.text, result.score, result.tokens)])
+    if page_xml:
+        _side_path(page_xml, path, ".xml", many).write_text(to_xml(page, Path(path).name), encoding="utf-8")
+    if overlay:
+        draw_overlay(image, page).save(_side_path(overlay, path, ".overlay.png", many))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,11 +127,16 @@ def _format(fmt: str, path: str, result, seconds: float) -> str:
 @click.option("--beams", type=click.IntRange(min=1), help="Beam width; 1 is greedy. Default: the bundle's (4 unless the checkpoint set one).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images decoded together.")
 @click.option("--max-length", type=click.IntRange(min=2), help="Most tokens per line, the start token included. Default: the bundle's.")
-@click.option("--format", "fmt", type=click.Choice(["text", "tsv", "jsonl"]), default="text", show_default=True, help="text: one line of text per image; tsv: path, text, score; jsonl: path, text, score, tokens, seconds.")
+@click.option("--format", "fmt", type=click.Choice(["text", "tsv", "jsonl", "json"]), default="text", show_default=True,
+              help="text: the text (a page's lines in order); tsv: path, text, score per line; jsonl: one object per image (pages: lines with box, polygon, text, score); json: those objects as one array.")
+@click.option("--layout", type=click.Choice(["auto", "line", "page"]), default="auto", show_default=True,
+              help="line: each image is one text line; page: find the lines first; auto: an image under 150 pixels high, or one where at most one line is found, is a line.")
+@click.option("--page-xml", type=click.Path(path_type=Path), help="Also write PAGE XML (2019-07-15): a file for one image, else a folder of <name>.xml.")
+@click.option("--overlay", type=click.Path(path_type=Path), help="Also draw the line boxes and text on the image: a PNG file for one image, else a folder of <name>.overlay.png.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime provider; cuda needs onnxruntime-gpu.")
 @click.option("--threads", type=click.IntRange(min=1), envvar="HTR_THREADS", help="Threads per ONNX Runtime session [env: HTR_THREADS]. Default: ONNX Runtime's choice.")
-def main(inputs, model, beams, batch_size, max_length, fmt, provider, threads):
-    """Read handwritten text lines from IMAGE files, folders (searched recursively) or glob patterns.
+def main(inputs, model, beams, batch_size, max_length, fmt, layout, page_xml, overlay, provider, threads):
+    """Read handwritten text lines or whole pages from IMAGE files, folders (searched recursively) or glob patterns.
 
     Results go to stdout in input order; problems with single images go to stderr, one line each,
     and the other images are still read. Exit status: 0 all read, 1 some images could not be read,
@@ -85,31 +154,35 @@ def main(inputs, model, beams, batch_size, max_length, fmt, provider, threads):
         sys.exit(EXIT_BUNDLE)
 
     items = list(expand_inputs(inputs))
+    many = len(items) > 1
     failed = 0
+    rows = []
     show_progress = sys.stderr.isatty() and len(items) > batch_size
     with click.progressbar(length=len(items), label="reading", file=sys.stderr if show_progress else None, hidden=not show_progress) as bar:
         for batch in _batches(items, batch_size):
-            paths, images = [], []
+            loaded = []
             for path, problem in batch:
                 try:
                     if problem:
                         raise ImageError(f"{path}: {problem}")
-                    images.append(load_image(path))
-                    paths.append(path)
+                    loaded.append((path, load_image(path)))
                 except ImageError as e:
                     failed += 1
                     click.echo(f"htr-run: {e}", err=True)
-            if images:
-                started = time.perf_counter()
-                try:
-                    results = recognizer.recognize(images, beams=beams, batch_size=batch_size, max_length=max_length)
-                except HtrError as e:
-                    click.echo(f"htr-run: {e}", err=True)
-                    sys.exit(EXIT_BUNDLE)
-                share = (time.perf_counter() - started) / len(images)
-                for path, result in zip(paths, results):
-                    click.echo(_format(fmt, path, result, share))
+            try:
+                results = _read(recognizer, loaded, layout, beams, batch_size, max_length)
+            except HtrError as e:
+                click.echo(f"htr-run: {e}", err=True)
+                sys.exit(EXIT_BUNDLE)
+            for (path, image), (result, seconds) in zip(loaded, results):
+                if fmt == "json":
+                    rows.append(_row(path, result, seconds))
+                else:
+                    click.echo(_format(fmt, path, result, seconds))
+                _write_extras(path, image, result, page_xml, overlay, many)
             bar.update(len(batch))
+    if fmt == "json":
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=1))
     if failed:
         click.echo(f"htr-run: {failed} of {len(items)} inputs could not be read", err=True)
         sys.exit(EXIT_BAD_INPUT)

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from .errors import HtrError, ImageError
 from .images import load_image
 
@@ -88,3 +90,43 @@ def agreement(first: Evaluation, second: Evaluation) -> float:
     """Return the share of lines both read to identical text."""
     pairs = [(a, b) for a, b in zip(first.texts, second.texts) if a is not None and b is not None]
     return sum(a == b for a, b in pairs) / max(len(pairs), 1)
+
+
+def _polygon_masks(polygons, size, scale: float) -> List[np.ndarray]:
+    from PIL import Image, ImageDraw
+
+    width, height = max(1, int(size[0] * scale)), max(1, int(size[1] * scale))
+    masks = []
+    for polygon in polygons:
+        canvas = Image.new("1", (width, height), 0)
+        ImageDraw.Draw(canvas).polygon([(x * scale, y * scale) for x, y in polygon], fill=1)
+        masks.append(np.asarray(canvas, dtype=bool))
+    return masks
+
+
+def line_detection_scores(predicted, truth, size, threshold: float = 0.5, scale: float = 0.25) -> dict:
+    """Match predicted line outlines to true ones (polygons in page pixels) one-to-one at IoU >= `threshold`.
+
+    Returns precision, recall, the matches (predicted index -> true index) and whether the matched
+    lines come in the true reading order.
+    """
+    pred_masks, true_masks = _polygon_masks(predicted, size, scale), _polygon_masks(truth, size, scale)
+    pairs = []
+    for i, p in enumerate(pred_masks):
+        for j, t in enumerate(true_masks):
+            union = np.logical_or(p, t).sum()
+            iou = np.logical_and(p, t).sum() / union if union else 0.0
+            if iou >= threshold:
+                pairs.append((iou, i, j))
+    matches, used = {}, set()
+    for iou, i, j in sorted(pairs, reverse=True):
+        if i not in matches and j not in used:
+            matches[i] = j
+            used.add(j)
+    order = [matches[i] for i in sorted(matches)]
+    return {
+        "precision": len(matches) / len(predicted) if predicted else 1.0,
+        "recall": len(matches) / len(truth) if truth else 1.0,
+        "matches": matches,
+        "in_order": order == sorted(order),
+    }

@@ -27,6 +27,31 @@ class Recognition:
 
 
 @dataclass(frozen=True)
+class PageLine:
+    """One line of a page: where it is (axis-aligned box and rotated outline, page pixels) and what was read."""
+
+    box: Tuple[int, int, int, int]
+    polygon: Tuple[Tuple[int, int], ...]
+    text: str
+    score: float
+    tokens: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page read line by line, in reading order; `rotation` is what made the page upright (degrees, counter-clockwise)."""
+
+    width: int
+    height: int
+    rotation: float
+    lines: List[PageLine]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.text for line in self.lines)
+
+
+@dataclass(frozen=True)
 class GenerationOptions:
     """Decoding settings as in transformers' `generate`; `None` takes the bundle's default.
 
@@ -211,6 +236,21 @@ class Recognizer:
         for start in range(0, len(images), batch_size):
             results.extend(self._recognize_batch(images[start : start + batch_size], settings))
         return results
+
+    def read_page(self, image: ImageInput, beams: Optional[int] = None, batch_size: int = 8, max_length: Optional[int] = None,
+                  options: Optional[GenerationOptions] = None, layout=None) -> Page:
+        """Find the text lines of a page image and read them; returns a `Page` with the lines in reading order.
+
+        `layout` is a `htr.page.Layout` already found for this image (by `htr.page.analyse`), to skip finding it again.
+        """
+        from .page import analyse, crop_lines
+
+        picture = load_image(image)
+        layout = layout or analyse(picture)
+        crops = crop_lines(layout)
+        results = self.recognize(crops, beams=beams, batch_size=batch_size, max_length=max_length, options=options) if crops else []
+        lines = [PageLine(region.box, region.polygon, r.text, r.score, r.tokens) for region, r in zip(layout.lines, results)]
+        return Page(picture.width, picture.height, layout.skew, lines)
 
     def _start_decoder(self, images: Sequence[ImageInput]) -> _CachedDecoder:
         """Return a decoder step function for these images, their encoder and cross-attention work done."""

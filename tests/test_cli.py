@@ -56,7 +56,7 @@ def test_text_tsv_jsonl(bundle, images):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     two_beams = Recognizer(bundle).recognize(paths, beams=2, max_length=12)
     assert [row["tokens"] for row in rows] == [list(r.tokens) for r in two_beams]
-    assert set(rows[0]) == {"path", "text", "score", "tokens", "seconds"}
+    assert set(rows[0]) == {"path", "layout", "text", "score", "tokens", "seconds"} and rows[0]["layout"] == "line"
     assert rows[0]["score"] == pytest.approx(two_beams[0].score)
 
 

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -161,6 +161,70 @@ class SyntheticLines:
             text = text.upper()
         return render_line(text, font.path, rng), text, font
 
+
+
+@dataclass(frozen=True)
+class PageSample:
+    """A synthetic page: the image, and per line its text and its outline (four corners, page pixels) in reading order."""
+
+    image: Image.Image
+    texts: List[str]
+    polygons: List[Tuple[Tuple[float, float], ...]]
+    skew: float
+
+
+def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = None, max_skew: float = 5.0) -> PageSample:
+    """Return a page of handwritten lines in one font: margins, uneven paper, noise, optional ruling, rotated by up to `max_skew` degrees."""
+    font_choice = rng.choice(fonts)
+    size = rng.randint(28, 52)
+    font = ImageFont.truetype(font_choice.path, size)
+    spacing = int(size * rng.uniform(1.5, 2.3))
+    count = lines or rng.randint(3, 14)
+    width = rng.randint(1100, 1700)
+    margin_x, margin_y = rng.randint(40, 160), rng.randint(40, 160)
+    height = 2 * margin_y + spacing * count + size
+    mask = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(mask)
+    texts, boxes = [], []
+    for i in range(count):
+        text = " ".join(random_text(rng) for _ in range(2))
+        text = text.upper() if font_choice.capitals == "yes" else text
+        while text and font.getbbox(text)[2] > width - 2 * margin_x:
+            text = text.rsplit(" ", 1)[0] if " " in text else text[:-1]
+        x = margin_x + rng.randint(0, 30)
+        y = margin_y + i * spacing + rng.randint(-size // 10, size // 10)
+        draw.text((x, y), text, fill=255, font=font)
+        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+        texts.append(text)
+        boxes.append((left, top, right, bottom))
+    paper = np.array([rng.randint(215, 255), rng.randint(210, 250), rng.randint(195, 240)], dtype=np.float32)
+    light = np.linspace(rng.uniform(0.7, 1.0), rng.uniform(0.7, 1.0), width, dtype=np.float32)[None, :, None]
+    light = light * np.linspace(rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0), height, dtype=np.float32)[:, None, None]
+    np_rng = np.random.default_rng(rng.getrandbits(32))
+    page = paper[None, None, :] * light + np_rng.normal(0, rng.uniform(1, 8), size=(height, width, 1)).astype(np.float32)
+    if rng.random() < 0.4:  # ruled paper under the lines
+        rule = np.array([150, 170, 215], dtype=np.float32)
+        for i in range(count + 1):
+            y = margin_y + i * spacing + int(size * 1.15)
+            if 0 <= y < height:
+                page[y] = page[y] * 0.45 + rule * 0.55
+    alpha = (np.asarray(mask, dtype=np.float32) / 255.0 * rng.uniform(0.7, 1.0))[:, :, None]
+    pixels = page * (1 - alpha) + np.array(_ink(rng), dtype=np.float32) * alpha
+    specks = np_rng.random((height, width)) < rng.uniform(0, 0.0004)
+    pixels[specks] = 40.0
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    skew = rng.uniform(-max_skew, max_skew)
+    image = image.rotate(skew, resample=Image.Resampling.BICUBIC, fillcolor=tuple(int(c) for c in pixels.reshape(-1, 3).mean(axis=0)))
+    centre = (width / 2.0, height / 2.0)
+    polygons = [tuple(_rotated(x, y, skew, centre) for x, y in ((l, t), (r, t), (r, b), (l, b))) for l, t, r, b in boxes]
+    return PageSample(image, texts, polygons, skew)
+
+
+def _rotated(x: float, y: float, angle: float, centre: Tuple[float, float]) -> Tuple[float, float]:
+    """Where PIL's `rotate(angle)` moves the point (x, y)."""
+    theta = np.deg2rad(angle)
+    dx, dy = x - centre[0], y - centre[1]
+    return centre[0] + dx * np.cos(theta) + dy * np.sin(theta), centre[1] - dx * np.sin(theta) + dy * np.cos(theta)
 
 def write_folder(folder: Path, count: int, split: str, seed: int) -> Path:
     """Write `count` synthetic lines as JPEG files with `labels.tsv` and `sources.tsv` (font and licence of each)."""

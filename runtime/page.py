@@ -1,0 +1,222 @@
+"""Whole pages: find the text lines of a page image (numpy and Pillow only) and keep them in reading order.
+
+The steps, each a small function:
+
+1. `ink_map`: grey levels divided by a smooth estimate of the paper (so uneven lighting and
+   shadows drop out), as ink darkness in [0, 1];
+2. `binarize`: Otsu's threshold on that map, with a floor so that a blank page finds no ink,
+   and a 3x3 opening that removes noise specks;
+3. `estimate_skew`: the angle (within +-MAX_SKEW degrees) whose horizontal ink profile is sharpest;
+4. `find_bands`: in the deskewed page, the rows' ink profile, smoothed at the scale of the line
+   spacing (read from the profile's autocorrelation), split at its valleys into line bands;
+5. each band's box is trimmed to its ink, and mapped back to the page as a rotated rectangle
+   (`polygon`) and its axis-aligned `box`.
+
+Reading order is top to bottom (one column of text).
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+MAX_SKEW = 6.0  # degrees searched either way
+ANALYSIS_SIDE = 1600  # pages are analysed at most this many pixels on their long side
+MIN_INK = 0.2  # ink darker than paper by less than this is paper (blank pages and lighting gradients find nothing)
+MAX_INK_SHARE = 0.3  # a page more inked than this is noise or a photograph, not writing: no lines are found
+RULE_SHARE = 0.5  # rows or columns inked over more than this share are rules, borders or edges, not writing
+
+
+@dataclass(frozen=True)
+class LineRegion:
+    """One text line on the page: its axis-aligned box (left, top, right, bottom) and its rotated outline, in page pixels."""
+
+    box: Tuple[int, int, int, int]
+    polygon: Tuple[Tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The lines of a page in reading order, the rotation (degrees, counter-clockwise) that made it upright, and its size."""
+
+    lines: List[LineRegion]
+    skew: float
+    size: Tuple[int, int]
+    deskewed: Image.Image  # the page rotated upright at full resolution: line crops are cut from it
+
+
+def ink_map(gray: np.ndarray) -> np.ndarray:
+    """Return ink darkness in [0, 1]: 1 - grey / local paper brightness."""
+    h, w = gray.shape
+    small = Image.fromarray(gray.astype(np.uint8)).resize((max(1, w // 16), max(1, h // 16)), Image.Resampling.BOX)
+    paper = small.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.GaussianBlur(1.5)).resize((w, h), Image.Resampling.BILINEAR)
+    paper = np.maximum(np.asarray(paper, dtype=np.float32), 1.0)
+    return np.clip(1.0 - gray / paper, 0.0, 1.0)
+
+
+def otsu(values: np.ndarray) -> float:
+    """Return Otsu's threshold of values in [0, 1]."""
+    hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+    weights = np.cumsum(hist).astype(np.float64)
+    means = np.cumsum(hist * edges[:-1])
+    total, total_mean = weights[-1], means[-1]
+    between = (total_mean * weights - means * total) ** 2 / np.maximum(weights * (total - weights), 1e-9)
+    return float(edges[int(np.argmax(between[:-1]))])
+
+
+def binarize(ink: np.ndarray) -> np.ndarray:
+    """Return a boolean ink mask: above Otsu's threshold and MIN_INK, isolated specks and 1-pixel rules removed by a 3x3
+    median, and rows or columns inked almost across the page (rules, borders, page edges) cleared."""
+    threshold = max(otsu(ink), MIN_INK)
+    raw = ink > threshold
+    if raw.mean() > MAX_INK_SHARE:  # noise or a photograph: nothing here reads as lines of writing
+        return np.zeros_like(raw)
+    mask = Image.fromarray((raw * 255).astype(np.uint8))
+    mask = np.array(mask.filter(ImageFilter.MedianFilter(3))) > 0
+    mask[mask.mean(axis=1) > RULE_SHARE, :] = False
+    mask[:, mask.mean(axis=0) > RULE_SHARE] = False
+    return mask
+
+
+def _rotate(mask: np.ndarray, angle: float) -> np.ndarray:
+    image = Image.fromarray((mask * 255).astype(np.uint8))
+    return np.asarray(image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=0)) > 127
+
+
+def estimate_skew(mask: np.ndarray) -> float:
+    """Return the rotation (degrees) that makes the rows' ink profile sharpest: coarse 0.5 degree steps, then 0.1."""
+    def sharpness(angle: float) -> float:
+        profile = _rotate(mask, angle).sum(axis=1).astype(np.float64)
+        return float(np.sum(np.diff(profile) ** 2))
+
+    best = max(np.arange(-MAX_SKEW, MAX_SKEW + 1e-6, 0.5), key=sharpness)
+    return float(max(np.arange(best - 0.4, best + 0.41, 0.1), key=sharpness))
+
+
+def _smooth(profile: np.ndarray, width: int) -> np.ndarray:
+    width = max(1, int(width))
+    kernel = np.ones(width) / width
+    return np.convolve(profile, kernel, mode="same")
+
+
+def line_spacing(profile: np.ndarray) -> Optional[float]:
+    """Return the distance between text lines read from the profile's autocorrelation, or None if it shows none."""
+    centred = profile - profile.mean()
+    if not np.any(centred):
+        return None
+    corr = np.correlate(centred, centred, mode="full")[len(centred) - 1 :]
+    corr /= corr[0]
+    # first lag where the correlation turns negative, then the highest peak after it
+    negative = np.nonzero(corr < 0)[0]
+    if negative.size == 0:
+        return None
+    start = negative[0]
+    upper = min(len(corr), start * 6)
+    if upper <= start + 1:
+        return None
+    window = corr[start:upper]
+    peaks = [i for i in range(1, len(window) - 1) if window[i] >= window[i - 1] and window[i] >= window[i + 1] and window[i] > 0.05]
+    if not peaks:
+        return None
+    strongest = max(window[i] for i in peaks)
+    lag = start + next(i for i in peaks if window[i] >= 0.6 * strongest)  # the first strong peak, not a multiple of it
+    return float(lag)
+
+
+def find_bands(mask: np.ndarray) -> List[Tuple[int, int]]:
+    """Return (top, bottom) row ranges of the text lines of an upright ink mask."""
+    profile = mask.sum(axis=1).astype(np.float64)
+    if profile.max() <= 0:
+        return []
+    spacing = line_spacing(_smooth(profile, 3))
+    inked = np.nonzero(profile > 0)[0]
+    if spacing is None:  # one line, or no regular lines: one band around all ink
+        return [(int(inked[0]), int(inked[-1]) + 1)]
+    smooth = _smooth(profile, spacing / 3)
+    level = 0.15 * smooth.max()
+    # line centres: local maxima of the smoothed profile above `level`, at least half a spacing apart
+    peaks = []
+    for y in np.argsort(-smooth):
+        if smooth[y] < level:
+            break
+        if all(abs(y - p) >= 0.55 * spacing for p in peaks):
+            peaks.append(int(y))
+    peaks.sort()
+    bands = []
+    for i, peak in enumerate(peaks):
+        top = peaks[i - 1] + int(np.argmin(smooth[peaks[i - 1] : peak + 1])) if i else max(0, int(peak - spacing))
+        bottom = peak + int(np.argmin(smooth[peak : peaks[i + 1] + 1])) if i + 1 < len(peaks) else min(len(profile), int(peak + spacing))
+        bands.append((top, bottom))
+    return bands
+
+
+def _trim(mask: np.ndarray, top: int, bottom: int) -> Optional[Tuple[int, int, int, int]]:
+    """Return the (left, top, right, bottom) of the ink in a band, ignoring columns and rows with almost none."""
+    band = mask[top:bottom]
+    columns = np.nonzero(band.sum(axis=0) > 0)[0]
+    rows = np.nonzero(band.sum(axis=1) > max(1, 0.02 * band.shape[1] / 10))[0]
+    if columns.size == 0 or rows.size == 0:
+        return None
+    return int(columns[0]), top + int(rows[0]), int(columns[-1]) + 1, top + int(rows[-1]) + 1
+
+
+def analyse(image: Image.Image) -> Layout:
+    """Return the text lines of an RGB page image, in reading order."""
+    width, height = image.size
+    scale = min(1.0, ANALYSIS_SIDE / max(width, height))
+    small = image.convert("L")
+    if scale < 1.0:
+        small = small.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
+    mask = binarize(ink_map(np.asarray(small, dtype=np.float32)))
+    skew = estimate_skew(mask) if mask.any() else 0.0
+    upright = _rotate(mask, skew)
+    centre = (width / 2.0, height / 2.0)
+    lines = []
+    min_height = max(4, 0.004 * max(upright.shape))
+    for top, bottom in find_bands(upright):
+        box = _trim(upright, top, bottom)
+        if box is None or box[3] - box[1] < min_height / 2 or box[2] - box[0] < min_height:
+            continue
+        pad = 0.15 * (box[3] - box[1])
+        left, top, right, bottom = (box[0] - pad) / scale, (box[1] - pad) / scale, (box[2] + pad) / scale, (box[3] + pad) / scale
+        corners = [_unrotate(x, y, skew, centre) for x, y in ((left, top), (right, top), (right, bottom), (left, bottom))]
+        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+        lines.append(LineRegion(
+            box=(max(0, int(min(xs))), max(0, int(min(ys))), min(width, int(np.ceil(max(xs)))), min(height, int(np.ceil(max(ys))))),
+            polygon=tuple((int(round(x)), int(round(y))) for x, y in corners),
+        ))
+    deskewed = image.rotate(skew, resample=Image.Resampling.BICUBIC, fillcolor=(255, 255, 255)) if skew else image
+    return Layout(lines, skew, (width, height), deskewed)
+
+
+def _unrotate(x: float, y: float, angle: float, centre: Tuple[float, float]) -> Tuple[float, float]:
+    """Map a point of the page rotated by `angle` (PIL's counter-clockwise rotate) back to the original page."""
+    theta = np.deg2rad(angle)
+    dx, dy = x - centre[0], y - centre[1]
+    return centre[0] + dx * np.cos(theta) - dy * np.sin(theta), centre[1] + dx * np.sin(theta) + dy * np.cos(theta)
+
+
+def crop_lines(layout: Layout) -> List[Image.Image]:
+    """Return each line's image, cut from the upright page."""
+    crops = []
+    for line in layout.lines:
+        xs = [p[0] for p in line.polygon]
+        ys = [p[1] for p in line.polygon]
+        # the polygon is the upright rectangle rotated onto the page; rotate it back to cut it upright
+        centre = (layout.size[0] / 2.0, layout.size[1] / 2.0)
+        upright = [_unrotate(x, y, -layout.skew, centre) for x, y in zip(xs, ys)]
+        ux, uy = [p[0] for p in upright], [p[1] for p in upright]
+        crops.append(layout.deskewed.crop((int(min(ux)), int(min(uy)), int(np.ceil(max(ux))), int(np.ceil(max(uy))))))
+    return crops
+
+
+LINE_HEIGHT = 150  # `--layout auto`: an image less high than this (pixels) is a line, too small to hold several
+
+
+def is_line_shaped(image: Image.Image) -> bool:
+    """Return whether an image is a line by its size alone (`--layout auto` then skips finding lines).
+
+    Width is no guide: a paragraph of three lines is often as wide, for its height, as one line.
+    """
+    return image.height < LINE_HEIGHT

@@ -1,0 +1,65 @@
+"""A read page as PAGE XML (the 2019-07-15 schema of the HTR community) and as an overlay picture."""
+
+import math
+import time
+from typing import Optional
+from xml.sax.saxutils import escape, quoteattr
+
+from PIL import Image, ImageDraw, ImageFont
+
+PAGE_NAMESPACE = "http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15"
+
+
+def _points(polygon) -> str:
+    return " ".join(f"{max(0, int(x))},{max(0, int(y))}" for x, y in polygon)
+
+
+def page_xml(page, image_name: str) -> str:
+    """Return `page` as a PAGE XML document: one text region holding the lines in reading order."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    lines = []
+    for i, line in enumerate(page.lines):
+        confidence = min(1.0, max(0.0, math.exp(line.score)))
+        lines.append(
+            f'      <TextLine id="l{i}">\n'
+            f'        <Coords points="{_points(line.polygon)}"/>\n'
+            f'        <TextEquiv conf="{confidence:.4f}"><Unicode>{escape(line.text)}</Unicode></TextEquiv>\n'
+            f"      </TextLine>\n"
+        )
+    region = ""
+    if page.lines:
+        xs = [x for line in page.lines for x, _ in line.polygon]
+        ys = [y for line in page.lines for _, y in line.polygon]
+        left, top = max(0, min(xs)), max(0, min(ys))
+        right, bottom = min(page.width, max(xs)), min(page.height, max(ys))
+        corners = ((left, top), (right, top), (right, bottom), (left, bottom))
+        region = (
+            '    <ReadingOrder><OrderedGroup id="ro0"><RegionRefIndexed index="0" regionRef="r0"/></OrderedGroup></ReadingOrder>\n'
+            f'    <TextRegion id="r0" type="paragraph">\n      <Coords points="{_points(corners)}"/>\n'
+            + "".join(lines)
+            + f"      <TextEquiv><Unicode>{escape(page.text)}</Unicode></TextEquiv>\n    </TextRegion>\n"
+        )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<PcGts xmlns="{PAGE_NAMESPACE}">\n'
+        f"  <Metadata><Creator>htr</Creator><Created>{now}</Created><LastChange>{now}</LastChange></Metadata>\n"
+        f"  <Page imageFilename={quoteattr(image_name)} imageWidth=\"{page.width}\" imageHeight=\"{page.height}\">\n"
+        + region
+        + "  </Page>\n</PcGts>\n"
+    )
+
+
+def draw_overlay(image: Image.Image, page, font_size: Optional[int] = None) -> Image.Image:
+    """Return a copy of the page with each line's outline drawn and its recognised text written above it."""
+    picture = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(picture)
+    for i, line in enumerate(page.lines):
+        height = max(10, line.box[3] - line.box[1])
+        font = ImageFont.load_default(size=font_size or max(10, int(height * 0.45)))
+        draw.polygon(list(line.polygon), outline=(220, 30, 30), width=max(1, height // 25))
+        label = f"{i + 1}: {line.text}"
+        x, y = line.box[0], max(0, line.box[1] - int(height * 0.5))
+        box = draw.textbbox((x, y), label, font=font)
+        draw.rectangle(box, fill=(255, 255, 225))
+        draw.text((x, y), label, fill=(20, 20, 160), font=font)
+    return picture

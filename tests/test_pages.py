@@ -1,0 +1,114 @@
+"""Whole pages: the page generator, line finding, read_page, and htr-run's page outputs (JSON, PAGE XML, overlay)."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from htr.cli import main
+from htr.errors import HtrError
+from htr.evaluate import line_detection_scores
+from htr.page import analyse, is_line_shaped
+from tiny import TROCR
+
+SCHEMA = TROCR.parent / "schemas" / "pagecontent-2019-07-15.xsd"
+
+
+@pytest.fixture(scope="module")
+def fonts():
+    from htr.train.synth import load_fonts
+
+    try:
+        return load_fonts("eval")
+    except HtrError as e:
+        pytest.skip(str(e))
+
+
+def _page(fonts, seed, **kwargs):
+    from htr.train.synth import render_page
+
+    return render_page(fonts, random.Random(seed), **kwargs)
+
+
+def test_page_generator_is_deterministic(fonts):
+    first, second = _page(fonts, 3), _page(fonts, 3)
+    assert first.texts == second.texts and first.polygons == second.polygons
+    assert np.array_equal(np.asarray(first.image), np.asarray(second.image))
+    assert _page(fonts, 4).texts != first.texts
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13, 14])
+def test_lines_are_found_in_reading_order(fonts, seed):
+    page = _page(fonts, seed)
+    layout = analyse(page.image)
+    scores = line_detection_scores([line.polygon for line in layout.lines], page.polygons, page.image.size)
+    assert scores["recall"] >= 0.9 and scores["precision"] >= 0.9, (len(layout.lines), len(page.polygons))
+    assert scores["in_order"]
+    assert abs(layout.skew + page.skew) < 0.5  # the rotation found undoes the page's
+
+
+def test_blank_noise_and_tiny_pages():
+    blank = Image.new("RGB", (1200, 900), (238, 232, 220))
+    assert analyse(blank).lines == []
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8))
+    assert analyse(noise).lines == []
+    assert analyse(Image.new("RGB", (3, 2), "white")).lines == []
+    assert is_line_shaped(Image.new("RGB", (800, 100))) and not is_line_shaped(Image.new("RGB", (1600, 300)))
+
+
+def test_read_page_api(fonts, exported):
+    from htr import Page, Recognizer
+
+    bundle = exported("vit-roberta")[1]
+    page = _page(fonts, 21, lines=4)
+    result = Recognizer(bundle).read_page(page.image, max_length=8)
+    assert isinstance(result, Page) and len(result.lines) == 4
+    tops = [line.box[1] for line in result.lines]
+    assert tops == sorted(tops)
+    assert result.text == "\n".join(line.text for line in result.lines)
+    assert (result.width, result.height) == page.image.size
+
+
+def test_htr_run_page_outputs(fonts, exported, tmp_path):
+    bundle = exported("vit-roberta")[1]
+    page = _page(fonts, 22, lines=3)
+    path = tmp_path / "page.png"
+    page.image.save(path)
+    result = CliRunner().invoke(main, [str(path), "--model", str(bundle), "--format", "jsonl", "--max-length", "8",
+                                       "--page-xml", str(tmp_path / "page.xml"), "--overlay", str(tmp_path / "overlay.png")])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert row["layout"] == "page" and len(row["lines"]) == 3
+    assert all(len(line["box"]) == 4 and len(line["polygon"]) == 4 for line in row["lines"])
+
+    overlay = Image.open(tmp_path / "overlay.png").convert("RGB")
+    assert overlay.size == page.image.size
+    red = np.asarray(overlay)
+    assert np.sum((red[..., 0] > 200) & (red[..., 1] < 60) & (red[..., 2] < 60)) > 100  # the boxes are drawn
+
+    xml = (tmp_path / "page.xml").read_text(encoding="utf-8")
+    assert xml.count("<TextLine ") == 3
+    if not SCHEMA.is_file():
+        pytest.skip(f"PAGE schema not found at {SCHEMA} (../shared absent); the XML was not validated")
+    lxml = pytest.importorskip("lxml.etree")
+    schema = lxml.XMLSchema(lxml.parse(str(SCHEMA)))
+    document = lxml.parse(str(tmp_path / "page.xml"))
+    assert schema.validate(document), schema.error_log
+
+
+def test_layout_auto_and_line(fonts, exported, tmp_path):
+    bundle = exported("vit-roberta")[1]
+    page_path, line_path = tmp_path / "page.png", tmp_path / "line.png"
+    _page(fonts, 23, lines=3).image.save(page_path)
+    Image.new("RGB", (600, 60), "white").save(line_path)
+    result = CliRunner().invoke(main, [str(page_path), str(line_path), "--model", str(bundle), "--format", "json", "--max-length", "6"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["layout"] for r in rows] == ["page", "line"]
+    forced = CliRunner().invoke(main, [str(page_path), "--model", str(bundle), "--format", "jsonl", "--layout", "line", "--max-length", "6"])
+    assert json.loads(forced.stdout)["layout"] == "line"
+    assert Path(rows[0]["path"]).name == "page.png"
