@@ -17,6 +17,7 @@ def main():
     parser.add_argument("--pages", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fonts", choices=["train", "eval"], default="eval")
+    parser.add_argument("--spacing", default="1.5,2.3", help="range of line spacing in font sizes; 1.1,1.35 makes lines touch")
     args = parser.parse_args()
 
     from htr.evaluate import line_detection_scores
@@ -24,10 +25,11 @@ def main():
     from htr.train.synth import load_fonts, render_page
 
     fonts = load_fonts(args.fonts)
+    spacing = tuple(float(x) for x in args.spacing.split(","))
     found = true = matched = ordered = 0
     seconds = 0.0
     for index in range(args.pages):
-        page = render_page(fonts, random.Random(f"page:{args.seed}:{index}"))
+        page = render_page(fonts, random.Random(f"page:{args.seed}:{index}"), spacing=spacing)
         started = time.perf_counter()
         layout = analyse(page.image)
         seconds += time.perf_counter() - started
@@ -36,7 +38,7 @@ def main():
         true += len(page.polygons)
         matched += len(scores["matches"])
         ordered += scores["in_order"]
-    print(f"# line detection: {args.pages} synthetic pages in {args.fonts} fonts (seed {args.seed}), IoU >= 0.5")
+    print(f"# line detection: {args.pages} synthetic pages in {args.fonts} fonts (seed {args.seed}), line spacing {args.spacing} font sizes, IoU >= 0.5")
     print("| pages | true lines | found lines | precision | recall | pages in reading order | s/page |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {args.pages} | {true} | {found} | {matched / max(found, 1):.3f} | {matched / max(true, 1):.3f} | "

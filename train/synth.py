@@ -173,12 +173,17 @@ class PageSample:
     skew: float
 
 
-def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = None, max_skew: float = 5.0) -> PageSample:
-    """Return a page of handwritten lines in one font: margins, uneven paper, noise, optional ruling, rotated by up to `max_skew` degrees."""
+def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = None, max_skew: float = 5.0,
+                spacing: Tuple[float, float] = (1.5, 2.3)) -> PageSample:
+    """Return a page of handwritten lines in one font: margins, uneven paper, noise, optional ruling, rotated by up to `max_skew` degrees.
+
+    `spacing` is the range of the distance between lines in font sizes; below about 1.3 ascenders
+    and descenders of neighbouring lines touch.
+    """
     font_choice = rng.choice(fonts)
     size = rng.randint(28, 52)
     font = ImageFont.truetype(font_choice.path, size)
-    spacing = int(size * rng.uniform(1.5, 2.3))
+    spacing = int(size * rng.uniform(*spacing))
     count = lines or rng.randint(3, 14)
     width = rng.randint(1100, 1700)
     margin_x, margin_y = rng.randint(40, 160), rng.randint(40, 160)
