@@ -110,6 +110,8 @@ def test_demo_architecture_trains_on_synthetic_lines(tmp_path):
 
     with safe_open(str(out / "model.safetensors"), "pt") as saved:
         assert not [k for k in saved.keys() if k.startswith("ctc_head")]  # the CTC head is training-only
+    latest = json.loads((out / "latest" / "training_state.json").read_text())
+    assert latest["global_step"] == 14 and (out / "latest" / "preprocessor_config.json").is_file()
     losses = _losses(out)
     assert losses and all(math.isfinite(x) for x in losses) and json.loads((out / "config.json").read_text())["encoder"]["image_size"] == [32, 384]
 

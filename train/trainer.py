@@ -116,14 +116,12 @@ def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data:
         trainer_class = _ctc_trainer(settings.ctc_weight, blank=tokenizer.pad_token_id, ignore=set(tokenizer.all_special_ids))
     trainer = trainer_class(
         model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, data_collator=collate, processing_class=tokenizer,
-        compute_metrics=metrics if eval_data is not None else None,
+        compute_metrics=metrics if eval_data is not None else None, callbacks=[_latest_callback(settings.out_dir / "latest", tokenizer, image_processor)],
     )
     trainer.train(resume_from_checkpoint=True if resume else None)
+    save_weights_only(model, tokenizer, image_processor, settings.out_dir)
     if hasattr(model, "ctc_head"):
         del model.ctc_head  # training only: the exported model is the plain VisionEncoderDecoder
-    model.save_pretrained(settings.out_dir)
-    tokenizer.save_pretrained(settings.out_dir)
-    image_processor.save_pretrained(settings.out_dir)
     return trainer
 
 
@@ -181,6 +179,30 @@ def _ctc_trainer(weight: float, blank: int, ignore: set):
             return (loss, outputs) if return_outputs else loss
 
     return CtcTrainer
+
+
+def save_weights_only(model, tokenizer, image_processor, folder: Path) -> None:
+    """Save a plain `save_pretrained` folder (no optimizer, no training-only heads) that `--from` and htr-export take."""
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("ctc_head.")}
+    model.save_pretrained(folder, state_dict=state)
+    tokenizer.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+
+
+def _latest_callback(folder: Path, tokenizer, image_processor):
+    """A callback that refreshes `folder` with weights-only at every checkpoint, plus the step and evaluation history."""
+    import json
+
+    from transformers import TrainerCallback
+
+    class Latest(TrainerCallback):
+        def on_save(self, args, state, control, model=None, **kwargs):
+            if model is not None and state.is_world_process_zero:
+                save_weights_only(model, tokenizer, image_processor, folder)
+                history = [h for h in state.log_history if "eval_cer" in h]
+                (folder / "training_state.json").write_text(json.dumps({"global_step": state.global_step, "evaluations": history}, indent=1))
+
+    return Latest()
 
 
 def _cuda() -> bool:
