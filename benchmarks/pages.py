@@ -5,6 +5,11 @@ margins and spacing, uneven paper, noise specks, ruled paper on some, rotated by
 Each line's true outline is its text box rotated with the page.
 
     python benchmarks/pages.py --pages 100
+    python benchmarks/pages.py --pages 30 --model BUNDLE   # also page CER against line CER
+
+With `--model`, each page is read whole (`Recognizer.read_page`) and its text compared with the true
+lines joined by newlines (page CER); the same model also reads the true line boxes, cut upright
+from the page (line CER), so the difference is what finding the lines costs.
 """
 
 import argparse
@@ -17,6 +22,7 @@ def main():
     parser.add_argument("--pages", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fonts", choices=["train", "eval"], default="eval")
+    parser.add_argument("--model", help="bundle: also measure page CER and line CER")
     parser.add_argument("--spacing", default="1.5,2.3", help="range of line spacing in font sizes; 1.1,1.35 makes lines touch")
     args = parser.parse_args()
 
@@ -24,6 +30,14 @@ def main():
     from htr.page import analyse
     from htr.train.synth import load_fonts, render_page
 
+    from htr.evaluate import character_error_rate
+
+    recognizer = None
+    if args.model:
+        from htr import Recognizer
+
+        recognizer = Recognizer(args.model)
+    page_hyp, page_ref, line_hyp, line_ref = [], [], [], []
     fonts = load_fonts(args.fonts)
     spacing = tuple(float(x) for x in args.spacing.split(","))
     found = true = matched = ordered = 0
@@ -38,11 +52,37 @@ def main():
         true += len(page.polygons)
         matched += len(scores["matches"])
         ordered += scores["in_order"]
+        if recognizer is not None:
+            page_hyp.append(recognizer.read_page(page.image, layout=layout).text)
+            page_ref.append("\n".join(page.texts))
+            line_hyp.extend(r.text for r in recognizer.recognize(true_line_crops(page)))
+            line_ref.extend(page.texts)
     print(f"# line detection: {args.pages} synthetic pages in {args.fonts} fonts (seed {args.seed}), line spacing {args.spacing} font sizes, IoU >= 0.5")
     print("| pages | true lines | found lines | precision | recall | pages in reading order | s/page |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {args.pages} | {true} | {found} | {matched / max(found, 1):.3f} | {matched / max(true, 1):.3f} | "
           f"{ordered / args.pages:.3f} | {seconds / args.pages:.2f} |")
+    if recognizer is not None:
+        print(f"\npage CER {100 * character_error_rate(page_hyp, page_ref):.2f}% (pages read whole); "
+              f"line CER {100 * character_error_rate(line_hyp, line_ref):.2f}% (true line boxes), {args.model}")
+
+
+def true_line_crops(page):
+    """Return the true lines of a synthetic page cut from the upright page, with the margin htr.page gives found lines."""
+    from PIL import Image
+
+    from htr.page import _unrotate
+
+    upright = page.image.rotate(-page.skew, resample=Image.Resampling.BICUBIC, fillcolor=(255, 255, 255))
+    centre = (page.image.width / 2.0, page.image.height / 2.0)
+    crops = []
+    for polygon in page.polygons:
+        points = [_unrotate(x, y, page.skew, centre) for x, y in polygon]  # into the frame rotated by -skew
+        left, top = min(p[0] for p in points), min(p[1] for p in points)
+        right, bottom = max(p[0] for p in points), max(p[1] for p in points)
+        pad = 0.15 * (bottom - top)
+        crops.append(upright.crop((int(left - pad), int(top - pad), int(right + pad), int(bottom + pad))))
+    return crops
 
 
 if __name__ == "__main__":
