@@ -139,7 +139,7 @@ def tokenizer_spec(tokenizer, out_dir: Path) -> dict:
 
     if type(tokenizer).clean_up_tokenization is not PreTrainedTokenizerBase.clean_up_tokenization:
         raise ExportError(f"{type(tokenizer).__name__} overrides clean_up_tokenization; htr reproduces only the standard one")
-    tokenizer.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
+    tokenizer.backend_tokenizer.save(str(out_dir / "tokenizer.json"), pretty=False)  # compact: 2 MB less for XLM-R
     return {
         "file": "tokenizer.json",
         "class": type(tokenizer).__name__,
