@@ -80,8 +80,8 @@ def true_line_crops(page):
         points = [_unrotate(x, y, page.skew, centre) for x, y in polygon]  # into the frame rotated by -skew
         left, top = min(p[0] for p in points), min(p[1] for p in points)
         right, bottom = max(p[0] for p in points), max(p[1] for p in points)
-        pad = 0.15 * (bottom - top)
-        crops.append(upright.crop((int(left - pad), int(top - pad), int(right + pad), int(bottom + pad))))
+        pad_y, pad_x = 0.15 * (bottom - top), 0.4 * (bottom - top)
+        crops.append(upright.crop((int(left - pad_x), int(top - pad_y), int(right + pad_x), int(bottom + pad_y))))
     return crops
 
 

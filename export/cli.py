@@ -28,7 +28,7 @@ def default_calibration() -> Path:
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--int8", is_flag=True, help="int8 bundle: static QDQ quantization calibrated on handwriting lines (same as --quantize static).")
 @click.option("--quantize", type=click.Choice(["static", "dynamic", "fp16"]), help="static: int8 calibrated on real activations; dynamic: int8 weights, activations quantized at run time; fp16: half-precision weights (for GPU providers).")
-@click.option("--calibration", type=click.Path(exists=True, path_type=Path), help="Folder of line images (labels.tsv optional) to calibrate static int8 on. Default: calibration_data/ shipped with htr.")
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of line images (labels.tsv optional) to calibrate static int8 on. Default: calibration_data/ shipped with htr.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--activations", type=click.Choice(["u8", "s8"]), default="u8", show_default=True, help="Activation type of static int8 (weights are always s8, per channel).")
 @click.option("--eval-data", type=click.Path(exists=True, path_type=Path), help="Labelled lines (folder with labels.tsv) to compare fp32 and quantized accuracy on; never the calibration lines. Default: synthetic lines in the held-out fonts.")

@@ -155,7 +155,7 @@ def _trim(mask: np.ndarray, top: int, bottom: int) -> Optional[Tuple[int, int, i
     """Return the (left, top, right, bottom) of the ink in a band, ignoring columns and rows with almost none."""
     band = mask[top:bottom]
     columns = np.nonzero(band.sum(axis=0) > 0)[0]
-    rows = np.nonzero(band.sum(axis=1) > max(1, 0.02 * band.shape[1] / 10))[0]
+    rows = np.nonzero(band.sum(axis=1) > max(1, 0.002 * band.shape[1]))[0]  # a row needs a few ink pixels per 1000 columns
     if columns.size == 0 or rows.size == 0:
         return None
     return int(columns[0]), top + int(rows[0]), int(columns[-1]) + 1, top + int(rows[-1]) + 1
@@ -178,8 +178,9 @@ def analyse(image: Image.Image) -> Layout:
         box = _trim(upright, top, bottom)
         if box is None or box[3] - box[1] < min_height / 2 or box[2] - box[0] < min_height:
             continue
-        pad = 0.15 * (box[3] - box[1])
-        left, top, right, bottom = (box[0] - pad) / scale, (box[1] - pad) / scale, (box[2] + pad) / scale, (box[3] + pad) / scale
+        pad_y = 0.15 * (box[3] - box[1])
+        pad_x = 0.4 * (box[3] - box[1])  # line images in training sets keep some paper left and right
+        left, top, right, bottom = (box[0] - pad_x) / scale, (box[1] - pad_y) / scale, (box[2] + pad_x) / scale, (box[3] + pad_y) / scale
         corners = [_unrotate(x, y, skew, centre) for x, y in ((left, top), (right, top), (right, bottom), (left, bottom))]
         xs, ys = [c[0] for c in corners], [c[1] for c in corners]
         lines.append(LineRegion(
