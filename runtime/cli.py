@@ -11,13 +11,14 @@ import click
 
 from .errors import HtrError, ImageError
 from .images import IMAGE_SUFFIXES, load_image
+from .manifest import default_bundle
 
 EXIT_BAD_INPUT = 1  # some images could not be read; the others were recognised
 EXIT_USAGE = 2  # click's own code for bad command lines
 EXIT_BUNDLE = 3  # the model bundle is missing or damaged, or an option cannot be used with it
 
 NO_MODEL = (
-    "no model bundle given: pass --model DIR or set HTR_MODEL=DIR.\n"
+    "no model bundle given, and this install has no default bundle: pass --model DIR or set HTR_MODEL=DIR.\n"
     "Make a bundle from a Hugging Face checkpoint with\n"
     "  pip install 'htr[export]' && htr-export microsoft/trocr-base-handwritten DIR"
 )
@@ -123,7 +124,7 @@ def _write_extras(path: str, image, result, page_xml: Optional[Path], overlay: O
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE...")
-@click.option("--model", "-m", envvar="HTR_MODEL", type=click.Path(path_type=Path), help="Bundle folder made by htr-export [env: HTR_MODEL].")
+@click.option("--model", "-m", envvar="HTR_MODEL", type=click.Path(path_type=Path), help="Bundle folder made by htr-export [env: HTR_MODEL]. Default: the bundle shipped with htr, where this install has one.")
 @click.option("--beams", type=click.IntRange(min=1), help="Beam width; 1 is greedy. Default: the bundle's (4 unless the checkpoint set one).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images decoded together.")
 @click.option("--max-length", type=click.IntRange(min=2), help="Most tokens per line, the start token included. Default: the bundle's.")
@@ -142,6 +143,7 @@ def main(inputs, model, beams, batch_size, max_length, fmt, layout, page_xml, ov
     and the other images are still read. Exit status: 0 all read, 1 some images could not be read,
     2 bad command line, 3 the model bundle is missing or damaged.
     """
+    model = model or default_bundle()
     if model is None:
         click.echo(f"htr-run: {NO_MODEL}", err=True)
         sys.exit(EXIT_USAGE)

@@ -9,13 +9,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from .errors import BundleError, BundleNotFoundError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("encoder", "cross_attention", "decoder")
+DEFAULT_BUNDLE = Path(__file__).with_name("models") / "default"  # shipped inside the package, where an install has one
 RESAMPLE_NAMES = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")
 
 
@@ -158,6 +159,11 @@ def _check_cache_links(where: Path, graphs: Dict[str, GraphSpec], self_cache, cr
         for link in links:
             if link.source not in graph.output_names():
                 raise BundleError(f"{where}: decoder_cache source {link.source} is not an output of the {name} graph")
+
+
+def default_bundle() -> Optional[Path]:
+    """Return the bundle shipped inside the package (`htr/models/default`), or None when this install has none."""
+    return DEFAULT_BUNDLE if (DEFAULT_BUNDLE / MANIFEST_NAME).is_file() else None
 
 
 def load_manifest(bundle_dir: Union[str, Path], verify_files: bool = True) -> Manifest:

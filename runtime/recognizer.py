@@ -7,9 +7,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnxruntime as ort
 
-from .errors import BundleError, OptionsError
+from .errors import BundleError, BundleNotFoundError, OptionsError
 from .images import ImageInput, load_image, preprocess
-from .manifest import GraphSpec, Manifest, load_manifest
+from .manifest import GraphSpec, Manifest, default_bundle, load_manifest
 from .search import SearchSettings, beam_search, greedy_search
 from .text import TextDecoder
 
@@ -125,14 +125,14 @@ class Recognizer:
     Parameters
     ----------
     bundle:
-        Folder written by `htr-export`.
+        Folder written by `htr-export`; None takes the bundle shipped with htr, where this install has one.
     provider:
         "cpu" (default) or "cuda" (needs the onnxruntime-gpu package).
     threads:
         Threads for each ONNX Runtime session; `None` lets ONNX Runtime choose.
     """
 
-    def __init__(self, bundle: Union[str, Path], provider: str = "cpu", threads: Optional[int] = None):
+    def __init__(self, bundle: Union[str, Path, None] = None, provider: str = "cpu", threads: Optional[int] = None):
         if provider not in PROVIDERS:
             raise OptionsError(f"provider {provider!r} is not known: use one of {', '.join(PROVIDERS)}")
         if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -142,6 +142,10 @@ class Recognizer:
             )
         if threads is not None and threads < 1:
             raise OptionsError(f"threads must be at least 1, got {threads}")
+        if bundle is None:
+            bundle = default_bundle()
+            if bundle is None:
+                raise BundleNotFoundError("no bundle given and this install ships none: pass the folder written by htr-export")
         self.manifest = load_manifest(bundle)
         options = ort.SessionOptions()
         if threads is not None:

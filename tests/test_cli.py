@@ -86,10 +86,22 @@ def test_bad_inputs_do_not_stop_the_good_ones(bundle, images, tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_no_model_says_how_to_make_one(images):
+def test_no_model_says_how_to_make_one(images, monkeypatch, tmp_path):
+    import htr.manifest
+
+    monkeypatch.setattr(htr.manifest, "DEFAULT_BUNDLE", tmp_path / "no-bundle-here")
     result = run(images[1][0], env={"HTR_MODEL": None})
     assert result.exit_code == EXIT_USAGE
     assert "htr-export" in result.stderr and "--model" in result.stderr
+
+
+def test_shipped_default_bundle_is_used_without_model(bundle, images, monkeypatch):
+    import htr.manifest
+
+    monkeypatch.setattr(htr.manifest, "DEFAULT_BUNDLE", bundle)
+    result = run(images[1][0], "--format", "jsonl", env={"HTR_MODEL": None})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tokens"] == list(Recognizer().recognize([images[1][0]])[0].tokens)
 
 
 def damaged_copy(bundle: Path, tmp_path: Path, damage) -> Path:
