@@ -131,7 +131,7 @@ def _write_extras(path: str, image, result, page_xml: Optional[Path], overlay: O
 @click.option("--format", "fmt", type=click.Choice(["text", "tsv", "jsonl", "json"]), default="text", show_default=True,
               help="text: the text (a page's lines in order); tsv: path, text, score per line; jsonl: one object per image (pages: lines with box, polygon, text, score); json: those objects as one array.")
 @click.option("--layout", type=click.Choice(["auto", "line", "page"]), default="auto", show_default=True,
-              help="line: each image is one text line; page: find the lines first; auto: an image under 150 pixels high, or one where at most one line is found, is a line.")
+              help="line: each image is one text line; page: find the lines first; auto: an image under 150 pixels high, at least 8x wider than high, or where at most one line is found, is a line.")
 @click.option("--page-xml", type=click.Path(path_type=Path), help="Also write PAGE XML (2019-07-15): a file for one image, else a folder of <name>.xml.")
 @click.option("--overlay", type=click.Path(path_type=Path), help="Also draw the line boxes and text on the image: a PNG file for one image, else a folder of <name>.overlay.png.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime provider; cuda needs onnxruntime-gpu.")

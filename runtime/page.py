@@ -25,6 +25,7 @@ MAX_SKEW = 6.0  # degrees searched either way
 ANALYSIS_SIDE = 1600  # pages are analysed at most this many pixels on their long side
 MIN_INK = 0.2  # ink darker than paper by less than this is paper (blank pages and lighting gradients find nothing)
 MAX_INK_SHARE = 0.3  # a page more inked than this is noise or a photograph, not writing: no lines are found
+VALLEY_SHARE = 0.5  # two lines need a valley in the row profile below this share of the lower peak
 RULE_SHARE = 0.5  # rows or columns inked over more than this share are rules, borders or edges, not writing
 
 
@@ -143,6 +144,16 @@ def find_bands(mask: np.ndarray) -> List[Tuple[int, int]]:
         if all(abs(y - p) >= 0.55 * spacing for p in peaks):
             peaks.append(int(y))
     peaks.sort()
+    # neighbouring peaks without a clear valley between them are one line (ascenders over a word's body)
+    merged = [peaks[0]] if peaks else []
+    for peak in peaks[1:]:
+        valley = smooth[merged[-1] : peak + 1].min()
+        if valley > VALLEY_SHARE * min(smooth[merged[-1]], smooth[peak]):
+            if smooth[peak] > smooth[merged[-1]]:
+                merged[-1] = peak
+            continue
+        merged.append(peak)
+    peaks = merged
     bands = []
     for i, peak in enumerate(peaks):
         top = peaks[i - 1] + int(np.argmin(smooth[peaks[i - 1] : peak + 1])) if i else max(0, int(peak - spacing))
@@ -213,11 +224,9 @@ def crop_lines(layout: Layout) -> List[Image.Image]:
 
 
 LINE_HEIGHT = 150  # `--layout auto`: an image less high than this (pixels) is a line, too small to hold several
+LINE_ASPECT = 8  # ... and so is one at least this many times wider than high (a page or paragraph rarely is)
 
 
 def is_line_shaped(image: Image.Image) -> bool:
-    """Return whether an image is a line by its size alone (`--layout auto` then skips finding lines).
-
-    Width is no guide: a paragraph of three lines is often as wide, for its height, as one line.
-    """
-    return image.height < LINE_HEIGHT
+    """Return whether an image is a line by its size alone (`--layout auto` then skips finding lines)."""
+    return image.height < LINE_HEIGHT or image.width >= LINE_ASPECT * image.height

@@ -112,3 +112,21 @@ def test_layout_auto_and_line(fonts, exported, tmp_path):
     forced = CliRunner().invoke(main, [str(page_path), "--model", str(bundle), "--format", "jsonl", "--layout", "line", "--max-length", "6"])
     assert json.loads(forced.stdout)["layout"] == "line"
     assert Path(rows[0]["path"]).name == "page.png"
+
+
+def test_real_line_images_are_lines_for_auto():
+    """Real handwritten line crops, even enlarged 3x (about 290 pixels high), are not taken for pages."""
+    from htr.images import load_image
+
+    folder = TROCR.parent / "lines"
+    if not folder.is_dir():
+        pytest.skip(f"real line images not found at {folder} (../shared absent)")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:60]
+    assert paths
+    pages = []
+    for path in paths:
+        image = load_image(path)
+        image = image.resize((image.width * 3, image.height * 3))
+        if not is_line_shaped(image) and len(analyse(image).lines) > 1:
+            pages.append(path.name)
+    assert pages == []
