@@ -55,12 +55,12 @@ class _Recorder:
         self.seen += 1
         size = sum(v.nbytes for v in feeds.values())
         capacity = max(1, min(self._limit, self._budget // max(size, 1)))
-        copy = {k: np.array(v) for k, v in feeds.items()}
-        if len(self.kept) < capacity:
-            self.kept.append(copy)
-        else:
-            slot = self._rng.randrange(self.seen)
-            if slot < len(self.kept):
+        slot = len(self.kept) if len(self.kept) < capacity else self._rng.randrange(self.seen)
+        if slot < capacity:
+            copy = {k: np.array(v) for k, v in feeds.items()}
+            if slot == len(self.kept):
+                self.kept.append(copy)
+            elif slot < len(self.kept):
                 self.kept[slot] = copy
         return self._session.run(outputs, feeds)
 

@@ -95,7 +95,7 @@ def estimate_skew(mask: np.ndarray) -> float:
     return float(max(np.arange(best - 0.4, best + 0.41, 0.1), key=sharpness))
 
 
-def _smooth(profile: np.ndarray, width: int) -> np.ndarray:
+def _smooth(profile: np.ndarray, width: float) -> np.ndarray:
     width = max(1, int(width))
     kernel = np.ones(width) / width
     return np.convolve(profile, kernel, mode="same")
@@ -108,7 +108,7 @@ def line_spacing(profile: np.ndarray) -> Optional[float]:
         return None
     corr = np.correlate(centred, centred, mode="full")[len(centred) - 1 :]
     corr /= corr[0]
-    # first lag where the correlation turns negative, then the highest peak after it
+    # past the first lag where the correlation turns negative: its first strong peak (not a multiple of the spacing)
     negative = np.nonzero(corr < 0)[0]
     if negative.size == 0:
         return None
@@ -121,7 +121,7 @@ def line_spacing(profile: np.ndarray) -> Optional[float]:
     if not peaks:
         return None
     strongest = max(window[i] for i in peaks)
-    lag = start + next(i for i in peaks if window[i] >= 0.6 * strongest)  # the first strong peak, not a multiple of it
+    lag = start + next(i for i in peaks if window[i] >= 0.6 * strongest)
     return float(lag)
 
 
