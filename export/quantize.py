@@ -38,6 +38,7 @@ class QuantizeSettings:
     per_channel: bool = True
     quantized_outputs: bool = False  # False: MatMul outputs stay float (DQ-MatMul fuses to MatMulIntegerToFloat)
     preprocess: bool = False  # run onnxruntime's quant_pre_process (shape inference, graph optimisation) first
+    fuse_bias: bool = True  # fold bias Adds into the int8 MatMuls (see fuse_quantized_bias)
     budget_bytes: int = 1_500_000_000  # recorded inputs kept per graph
     max_steps: int = 512  # recorded decoder steps kept
 
@@ -106,6 +107,50 @@ def activation_products(model: onnx.ModelProto) -> List[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
 
 
+def fuse_quantized_bias(path: Path) -> int:
+    """Rewrite a static QDQ graph as ONNX Runtime runs it, with each bias `Add` folded into its int8 MatMul; return how many.
+
+    ONNX Runtime turns DequantizeLinear -> MatMul into `MatMulIntegerToFloat` when it loads the
+    graph, but leaves the bias `Add` after it as a node of its own, where dynamic int8's fused
+    kernel adds the bias itself. Saving the graph at the `extended` optimisation level (portable
+    across CPUs: no layout-specific rewrites) and moving the bias into the kernel's bias input
+    removes about 50 nodes from each decoder step. The result uses ONNX Runtime's contrib ops.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(path)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(path))
+    graph = model.graph
+    vectors = {t.name for t in graph.initializer if len(t.dims) == 1}
+    users: Dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    folded = []
+    for node in graph.node:
+        if node.op_type != "MatMulIntegerToFloat" or (len(node.input) > 6 and node.input[6]):
+            continue
+        after = users.get(node.output[0], [])
+        if len(after) != 1 or after[0].op_type != "Add" or node.output[0] in {o.name for o in graph.output}:
+            continue
+        add = after[0]
+        bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        if bias not in vectors:
+            continue
+        while len(node.input) < 7:
+            node.input.append("")
+        node.input[6] = bias
+        node.output[0] = add.output[0]
+        folded.append(add)
+    for add in folded:
+        graph.node.remove(add)
+    save_graph(model, path)
+    return len(folded)
+
+
 def quantize_graph(source: Path, target: Path, feeds: Optional[List[Dict[str, np.ndarray]]], settings: QuantizeSettings) -> None:
     """Write the int8 (QDQ static or dynamic) or fp16 version of the graph `source` to `target`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -142,6 +187,8 @@ def quantize_graph(source: Path, target: Path, feeds: Optional[List[Dict[str, np
         per_channel=settings.per_channel, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
         weight_type=QuantType.QInt8, calibrate_method=method, extra_options=extra,
     )
+    if settings.fuse_bias:
+        fuse_quantized_bias(target)
 
 
 def quantize_bundle(fp32_dir: Path, out_dir: Path, settings: QuantizeSettings, calibration_images: Sequence = (), log: Callable[[str], None] = print) -> dict:

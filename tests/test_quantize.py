@@ -147,3 +147,22 @@ def test_export_refuses_an_int8_bundle_that_loses_accuracy(exported, lines, tmp_
     assert not (tmp_path / "q").exists()
     kept = CliRunner().invoke(main, [args[0], str(tmp_path / "kept")] + args[1:] + ["--keep-anyway"])
     assert kept.exit_code == 0 and json.loads((tmp_path / "kept" / "manifest.json").read_text())["accuracy"]["cer_increase_points"] == 3.0
+
+
+def test_bias_fusion_keeps_the_numbers(exported, lines, tmp_path):
+    """Folding bias Adds into the int8 MatMuls changes node count, not results."""
+    from htr.export.quantize import QuantizeSettings, quantize_bundle
+
+    _, fp32 = exported("vit-roberta")
+    images = [str(p) for p in lines]
+    for name, fuse in (("fused", True), ("unfused", False)):
+        quantize_bundle(fp32, tmp_path / name, QuantizeSettings(fuse_bias=fuse), images, log=lambda m: None)
+    fused = onnx.load(str(tmp_path / "fused" / "decoder.onnx"))
+    with_bias = [n for n in fused.graph.node if n.op_type == "MatMulIntegerToFloat" and len(n.input) > 6 and n.input[6]]
+    assert with_bias and len(fused.graph.node) < len(onnx.load(str(tmp_path / "unfused" / "decoder.onnx")).graph.node)
+    a, b = Recognizer(tmp_path / "fused"), Recognizer(tmp_path / "unfused")
+    np.testing.assert_allclose(a.encode(images), b.encode(images), atol=1e-4)
+    tokens = np.full((len(images), 1), a.manifest.special_tokens.decoder_start, dtype=np.int64)
+    rows = np.arange(len(images))
+    np.testing.assert_allclose(a._start_decoder(images)(tokens, rows), b._start_decoder(images)(tokens, rows), atol=1e-4)
+    assert [r.tokens for r in a.recognize(images, max_length=10)] == [r.tokens for r in b.recognize(images, max_length=10)]
