@@ -25,6 +25,7 @@ CONFIGS = {
     "dynamic": dict(mode="dynamic", op_types=("MatMul",)),
     "dynamic+gather": dict(mode="dynamic", op_types=("MatMul", "Gather")),
     "static-u8-minmax": dict(mode="static", activations="u8", method="minmax"),
+    "static-u8-float-lm-head": dict(mode="static", activations="u8", method="minmax", float_lm_head=True),
     "static-u8-minmax-unfused": dict(mode="static", activations="u8", method="minmax", fuse_bias=False),
     "static-u8-minmax-qout": dict(mode="static", activations="u8", method="minmax", quantized_outputs=True),
     "static-u8-minmax-prep": dict(mode="static", activations="u8", method="minmax", preprocess=True),

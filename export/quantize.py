@@ -39,6 +39,7 @@ class QuantizeSettings:
     quantized_outputs: bool = False  # False: MatMul outputs stay float (DQ-MatMul fuses to MatMulIntegerToFloat)
     preprocess: bool = False  # run onnxruntime's quant_pre_process (shape inference, graph optimisation) first
     fuse_bias: bool = True  # fold bias Adds into the int8 MatMuls (see fuse_quantized_bias)
+    float_lm_head: bool = False  # keep the output projection (hidden -> vocabulary logits) in float
     budget_bytes: int = 1_500_000_000  # recorded inputs kept per graph
     max_steps: int = 512  # recorded decoder steps kept
 
@@ -151,6 +152,15 @@ def fuse_quantized_bias(path: Path) -> int:
     return len(folded)
 
 
+def lm_head(model: onnx.ModelProto) -> List[str]:
+    """Return the MatMul that makes the `logits` output (directly or through a bias Add), if the graph has one."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get("logits")
+    while node is not None and node.op_type in ("Add", "Reshape", "Cast"):
+        node = next((producers[i] for i in node.input if i in producers), None)
+    return [node.name] if node is not None and node.op_type == "MatMul" else []
+
+
 def quantize_graph(source: Path, target: Path, feeds: Optional[List[Dict[str, np.ndarray]]], settings: QuantizeSettings) -> None:
     """Write the int8 (QDQ static or dynamic) or fp16 version of the graph `source` to `target`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -183,12 +193,16 @@ def quantize_graph(source: Path, target: Path, feeds: Optional[List[Dict[str, np
         extra["CalibMaxIntermediateOutputs"] = 16  # merge ranges as it goes instead of holding every activation
     quantize_static(
         str(source), str(target), _reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(settings.op_types),
-        nodes_to_exclude=activation_products(onnx.load(str(source), load_external_data=False)),
+        nodes_to_exclude=_float_nodes(onnx.load(str(source), load_external_data=False), settings),
         per_channel=settings.per_channel, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
         weight_type=QuantType.QInt8, calibrate_method=method, extra_options=extra,
     )
     if settings.fuse_bias:
         fuse_quantized_bias(target)
+
+
+def _float_nodes(model: onnx.ModelProto, settings: QuantizeSettings) -> List[str]:
+    return activation_products(model) + (lm_head(model) if settings.float_lm_head else [])
 
 
 def quantize_bundle(fp32_dir: Path, out_dir: Path, settings: QuantizeSettings, calibration_images: Sequence = (), log: Callable[[str], None] = print) -> dict:

@@ -149,6 +149,18 @@ def test_export_refuses_an_int8_bundle_that_loses_accuracy(exported, lines, tmp_
     assert kept.exit_code == 0 and json.loads((tmp_path / "kept" / "manifest.json").read_text())["accuracy"]["cer_increase_points"] == 3.0
 
 
+def test_float_lm_head_keeps_the_output_projection_float(exported, lines, tmp_path):
+    from htr.export.quantize import QuantizeSettings, lm_head, quantize_bundle
+
+    _, fp32 = exported("vit-roberta")
+    head = lm_head(onnx.load(str(fp32 / "decoder.onnx")))
+    assert len(head) == 1
+    quantize_bundle(fp32, tmp_path / "q", QuantizeSettings(float_lm_head=True, fuse_bias=False), [str(p) for p in lines], log=lambda m: None)
+    nodes = {n.name: n for n in onnx.load(str(tmp_path / "q" / "decoder.onnx")).graph.node}
+    weight = nodes[head[0]].input[1]
+    assert not any(n.op_type == "DequantizeLinear" and n.output[0] == weight for n in nodes.values())
+
+
 def test_bias_fusion_keeps_the_numbers(exported, lines, tmp_path):
     """Folding bias Adds into the int8 MatMuls changes node count, not results."""
     from htr.export.quantize import QuantizeSettings, quantize_bundle
