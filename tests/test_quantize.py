@@ -178,3 +178,12 @@ def test_bias_fusion_keeps_the_numbers(exported, lines, tmp_path):
     rows = np.arange(len(images))
     np.testing.assert_allclose(a._start_decoder(images)(tokens, rows), b._start_decoder(images)(tokens, rows), atol=1e-4)
     assert [r.tokens for r in a.recognize(images, max_length=10)] == [r.tokens for r in b.recognize(images, max_length=10)]
+
+
+def test_export_int8_with_an_empty_calibration_folder_says_so(exported, tmp_path):
+    from htr.export.cli import main
+
+    folder, _ = exported("vit-roberta")
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, [str(folder), str(tmp_path / "int8"), "--int8", "--calibration", str(tmp_path / "empty"), "--verify", "0"])
+    assert result.exit_code == 1 and "no calibration images found" in result.stderr and "Traceback" not in result.output
