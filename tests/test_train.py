@@ -121,3 +121,30 @@ def test_train_needs_exactly_one_start(tmp_path):
 
     result = CliRunner().invoke(main, [str(tmp_path / "x"), "--synthetic"])
     assert result.exit_code == 1 and "exactly one of --from" in result.stderr
+
+
+def test_ctc_head_reads_patch_columns_left_to_right():
+    """The CTC steps come from the patch columns in order; the CLS token is not one of them."""
+    import torch
+
+    from htr.train.model import demo_model
+    from htr.train.trainer import CTC_UPSAMPLE, attach_ctc_head, ctc_loss
+
+    model = demo_model(10)
+    attach_ctc_head(model, 10)
+    rows, cols = model.ctc_head.grid
+    assert (rows, cols) == (1, 48)
+    size = model.config.encoder.hidden_size
+    hidden = torch.zeros(1, 1 + rows * cols, size)
+    hidden[0, 0] = 100.0  # CLS: must not reach the head
+    with torch.no_grad():
+        model.ctc_head.weight.zero_()
+        model.ctc_head.bias.zero_()
+        model.ctc_head.weight[CTC_UPSAMPLE * 10 - 1, 0] = 1.0  # the last step's last class reads feature 0
+        hidden[0, 1:, 0] = torch.arange(cols, dtype=torch.float32)  # column index as feature 0
+        captured = {}
+        model.ctc_head.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+        loss = ctc_loss(model.ctc_head, hidden, torch.tensor([[5, 6, 2]]), blank=1, ignore={0, 1, 2, 3})
+    assert torch.isfinite(loss)
+    assert captured["out"].shape == (1, cols, CTC_UPSAMPLE * 10)
+    assert captured["out"][0, :, -1].tolist() == list(range(cols))

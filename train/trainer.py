@@ -144,18 +144,19 @@ def attach_ctc_head(model, vocab_size: int) -> None:
     """
     import torch
 
-    rows, _ = _patch_grid(model.config.encoder)
+    rows, columns = _patch_grid(model.config.encoder)
     model.ctc_head = torch.nn.Linear(rows * model.config.encoder.hidden_size, CTC_UPSAMPLE * vocab_size)
+    model.ctc_head.grid = (rows, columns)
 
 
 def ctc_loss(head, hidden, labels, blank: int, ignore: set):
     """CTC loss of the encoder's last hidden state (B, extra + rows*cols, H) against the decoder labels."""
     import torch
 
-    config_rows = head.in_features // hidden.shape[-1]
-    batch, tokens, size = hidden.shape
-    patches = hidden[:, tokens - (tokens // config_rows) * config_rows:]  # drop CLS / distillation tokens
-    columns = patches.reshape(batch, config_rows, -1, size).permute(0, 2, 1, 3).reshape(batch, -1, config_rows * size)
+    rows, cols = head.grid
+    batch, _, size = hidden.shape
+    patches = hidden[:, -rows * cols :]  # the patch tokens come last, after CLS (and DeiT's distillation token)
+    columns = patches.reshape(batch, rows, cols, size).permute(0, 2, 1, 3).reshape(batch, cols, rows * size)
     logits = head(columns).reshape(batch, columns.shape[1] * CTC_UPSAMPLE, -1)
     log_probs = logits.float().log_softmax(-1).transpose(0, 1)
     targets = [[t for t in row.tolist() if t >= 0 and t not in ignore] for row in labels]
