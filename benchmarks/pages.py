@@ -71,16 +71,16 @@ def true_line_crops(page):
     """Return the true lines of a synthetic page cut from the upright page, with the margin htr.page gives found lines."""
     from PIL import Image
 
-    from htr.page import _unrotate
+    from htr.page import LINE_MARGIN_X, LINE_MARGIN_Y, unrotate
 
     upright = page.image.rotate(-page.skew, resample=Image.Resampling.BICUBIC, fillcolor=(255, 255, 255))
     centre = (page.image.width / 2.0, page.image.height / 2.0)
     crops = []
     for polygon in page.polygons:
-        points = [_unrotate(x, y, page.skew, centre) for x, y in polygon]  # into the frame rotated by -skew
+        points = [unrotate(x, y, page.skew, centre) for x, y in polygon]  # into the frame rotated by -skew
         left, top = min(p[0] for p in points), min(p[1] for p in points)
         right, bottom = max(p[0] for p in points), max(p[1] for p in points)
-        pad_y, pad_x = 0.15 * (bottom - top), 0.4 * (bottom - top)
+        pad_y, pad_x = LINE_MARGIN_Y * (bottom - top), LINE_MARGIN_X * (bottom - top)
         crops.append(upright.crop((int(left - pad_x), int(top - pad_y), int(right + pad_x), int(bottom + pad_y))))
     return crops
 

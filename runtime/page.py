@@ -24,6 +24,8 @@ from PIL import Image, ImageFilter
 MAX_SKEW = 6.0  # degrees searched either way
 ANALYSIS_SIDE = 1600  # pages are analysed at most this many pixels on their long side
 MIN_INK = 0.2  # ink darker than paper by less than this is paper (blank pages and lighting gradients find nothing)
+LINE_MARGIN_Y = 0.15  # a line is cut with this share of its ink height above and below ...
+LINE_MARGIN_X = 0.4  # ... and this share left and right (line images in training sets keep some paper)
 MAX_INK_SHARE = 0.3  # a page more inked than this is noise or a photograph, not writing: no lines are found
 VALLEY_SHARE = 0.5  # two lines need a valley in the row profile below this share of the lower peak
 RULE_SHARE = 0.5  # rows or columns inked over more than this share are rules, borders or edges, not writing
@@ -189,10 +191,9 @@ def analyse(image: Image.Image) -> Layout:
         box = _trim(upright, top, bottom)
         if box is None or box[3] - box[1] < min_height / 2 or box[2] - box[0] < min_height:
             continue
-        pad_y = 0.15 * (box[3] - box[1])
-        pad_x = 0.4 * (box[3] - box[1])  # line images in training sets keep some paper left and right
+        pad_y, pad_x = LINE_MARGIN_Y * (box[3] - box[1]), LINE_MARGIN_X * (box[3] - box[1])
         left, top, right, bottom = (box[0] - pad_x) / scale, (box[1] - pad_y) / scale, (box[2] + pad_x) / scale, (box[3] + pad_y) / scale
-        corners = [_unrotate(x, y, skew, centre) for x, y in ((left, top), (right, top), (right, bottom), (left, bottom))]
+        corners = [unrotate(x, y, skew, centre) for x, y in ((left, top), (right, top), (right, bottom), (left, bottom))]
         xs, ys = [c[0] for c in corners], [c[1] for c in corners]
         lines.append(LineRegion(
             box=(max(0, int(min(xs))), max(0, int(min(ys))), min(width, int(np.ceil(max(xs)))), min(height, int(np.ceil(max(ys))))),
@@ -202,7 +203,7 @@ def analyse(image: Image.Image) -> Layout:
     return Layout(lines, skew, (width, height), deskewed)
 
 
-def _unrotate(x: float, y: float, angle: float, centre: Tuple[float, float]) -> Tuple[float, float]:
+def unrotate(x: float, y: float, angle: float, centre: Tuple[float, float]) -> Tuple[float, float]:
     """Map a point of the page rotated by `angle` (PIL's counter-clockwise rotate) back to the original page."""
     theta = np.deg2rad(angle)
     dx, dy = x - centre[0], y - centre[1]
@@ -217,7 +218,7 @@ def crop_lines(layout: Layout) -> List[Image.Image]:
         ys = [p[1] for p in line.polygon]
         # the polygon is the upright rectangle rotated onto the page; rotate it back to cut it upright
         centre = (layout.size[0] / 2.0, layout.size[1] / 2.0)
-        upright = [_unrotate(x, y, -layout.skew, centre) for x, y in zip(xs, ys)]
+        upright = [unrotate(x, y, -layout.skew, centre) for x, y in zip(xs, ys)]
         ux, uy = [p[0] for p in upright], [p[1] for p in upright]
         crops.append(layout.deskewed.crop((int(min(ux)), int(min(uy)), int(np.ceil(max(ux))), int(np.ceil(max(uy))))))
     return crops

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from htr.errors import HtrError
+from htr.page import unrotate
 
 FONTS_TSV = Path(__file__).with_name("fonts.tsv")
 WORDS = Path(__file__).with_name("words.txt")
@@ -221,15 +222,9 @@ def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = No
     skew = rng.uniform(-max_skew, max_skew)
     image = image.rotate(skew, resample=Image.Resampling.BICUBIC, fillcolor=tuple(int(c) for c in pixels.reshape(-1, 3).mean(axis=0)))
     centre = (width / 2.0, height / 2.0)
-    polygons = [tuple(_rotated(x, y, skew, centre) for x, y in ((l, t), (r, t), (r, b), (l, b))) for l, t, r, b in boxes]
+    polygons = [tuple(unrotate(x, y, -skew, centre) for x, y in ((l, t), (r, t), (r, b), (l, b))) for l, t, r, b in boxes]  # where rotate(skew) moves them
     return PageSample(image, texts, polygons, skew)
 
-
-def _rotated(x: float, y: float, angle: float, centre: Tuple[float, float]) -> Tuple[float, float]:
-    """Where PIL's `rotate(angle)` moves the point (x, y)."""
-    theta = np.deg2rad(angle)
-    dx, dy = x - centre[0], y - centre[1]
-    return centre[0] + dx * np.cos(theta) + dy * np.sin(theta), centre[1] - dx * np.sin(theta) + dy * np.cos(theta)
 
 def write_folder(folder: Path, count: int, split: str, seed: int) -> Path:
     """Write `count` synthetic lines as JPEG files with `labels.tsv` and `sources.tsv` (font and licence of each)."""
