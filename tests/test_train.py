@@ -148,3 +148,24 @@ def test_ctc_head_reads_patch_columns_left_to_right():
     assert torch.isfinite(loss)
     assert captured["out"].shape == (1, cols, CTC_UPSAMPLE * 10)
     assert captured["out"][0, :, -1].tolist() == list(range(cols))
+
+
+def test_ctc_head_is_saved_beside_the_weights_and_taken_up_again(tmp_path):
+    """A run going on with --from keeps its CTC head; a new vocabulary gets a fresh one; the model's weights never hold it."""
+    import torch
+    from safetensors import safe_open
+
+    from htr.train.model import ENGLISH, char_tokenizer, demo_image_processor, demo_model
+    from htr.train.trainer import CTC_HEAD_FILE, attach_ctc_head, save_weights_only
+
+    tokenizer = char_tokenizer(ENGLISH)
+    model = demo_model(len(tokenizer))
+    assert not attach_ctc_head(model, len(tokenizer), tmp_path)  # nothing saved yet
+    save_weights_only(model, tokenizer, demo_image_processor(), tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as saved:
+        assert not [k for k in saved.keys() if k.startswith("ctc_head")]
+    again = demo_model(len(tokenizer))
+    assert attach_ctc_head(again, len(tokenizer), tmp_path)
+    assert torch.equal(again.ctc_head.weight, model.ctc_head.weight) and torch.equal(again.ctc_head.bias, model.ctc_head.bias)
+    other = demo_model(12)
+    assert not attach_ctc_head(other, 12, tmp_path) and (tmp_path / CTC_HEAD_FILE).is_file()

@@ -68,7 +68,8 @@ def main(out_dir, source, demo, folders, synthetic, alphabet, freeze_encoder, st
         train_data = LineDataset(tokenizer, pre, labelled=labelled, synthetic=generator, size=steps * batch_size)
         settings = TrainSettings(out_dir=out_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate, lr_schedule=lr_schedule,
                                  eval_every=eval_every, save_every=eval_every, eval_lines=eval_lines, bf16=bf16, seed=seed,
-                                 ctc_weight=(0.5 if demo else 0.0) if ctc_weight is None else ctc_weight)
+                                 ctc_weight=(0.5 if demo else 0.0) if ctc_weight is None else ctc_weight,
+                                 ctc_head_from=Path(source) if source and Path(source).is_dir() else None)
         train(model, tokenizer, image_processor, train_data, eval_data, settings, resume=resume)
     except HtrError as e:
         click.echo(f"htr-train: {e}", err=True)

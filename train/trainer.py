@@ -27,6 +27,7 @@ class TrainSettings:
     seed: int = 0
     ctc_weight: float = 0.0
     lr_schedule: str = "cosine"
+    ctc_head_from: Optional[Path] = None  # a folder whose CTC_HEAD_FILE (from an earlier run) the head starts from
 
 
 def preprocessing_of(image_processor) -> Preprocessing:
@@ -112,7 +113,7 @@ def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data:
 
     trainer_class = Seq2SeqTrainer
     if settings.ctc_weight > 0:
-        attach_ctc_head(model, len(tokenizer))
+        attach_ctc_head(model, len(tokenizer), settings.ctc_head_from)
         trainer_class = _ctc_trainer(settings.ctc_weight, blank=tokenizer.pad_token_id, ignore=set(tokenizer.all_special_ids))
     trainer = trainer_class(
         model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, data_collator=collate, processing_class=tokenizer,
@@ -126,6 +127,7 @@ def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data:
 
 
 CTC_UPSAMPLE = 2  # CTC steps per encoder column: lines hold more characters than a 32x384 image has patch columns
+CTC_HEAD_FILE = "ctc_head.safetensors"  # training only, beside the model: a run going on with --from keeps its CTC head
 
 
 def _patch_grid(encoder_config) -> Tuple[int, int]:
@@ -136,17 +138,29 @@ def _patch_grid(encoder_config) -> Tuple[int, int]:
     return height // patch_h, width // patch_w
 
 
-def attach_ctc_head(model, vocab_size: int) -> None:
+def attach_ctc_head(model, vocab_size: int, saved_in: Optional[Path] = None) -> bool:
     """Give `model` a training-only `ctc_head`: each patch column's features (all rows) -> CTC_UPSAMPLE steps of vocabulary logits.
 
     An auxiliary CTC loss on the encoder output aligns the encoder with the text early, which gets
-    from-scratch training off the unigram plateau sooner. The head is deleted before saving.
+    from-scratch training off the unigram plateau sooner. The head is kept out of the model's
+    weights (htr-export never sees it) but saved beside them as CTC_HEAD_FILE; when `saved_in`
+    holds one of the same shape, the head starts from it. Returns whether it did.
     """
     import torch
 
     rows, columns = _patch_grid(model.config.encoder)
     model.ctc_head = torch.nn.Linear(rows * model.config.encoder.hidden_size, CTC_UPSAMPLE * vocab_size)
     model.ctc_head.grid = (rows, columns)
+    saved = Path(saved_in) / CTC_HEAD_FILE if saved_in else None
+    if saved is None or not saved.is_file():
+        return False
+    from safetensors.torch import load_file
+
+    state = load_file(str(saved))
+    if any(state.get(k) is None or state[k].shape != v.shape for k, v in model.ctc_head.state_dict().items()):
+        return False  # another vocabulary or patch grid: a fresh head
+    model.ctc_head.load_state_dict(state)
+    return True
 
 
 def ctc_loss(head, hidden, labels, blank: int, ignore: set):
@@ -186,6 +200,10 @@ def save_weights_only(model, tokenizer, image_processor, folder: Path) -> None:
     """Save a plain `save_pretrained` folder (no optimizer, no training-only heads) that `--from` and htr-export take."""
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("ctc_head.")}
     model.save_pretrained(folder, state_dict=state)
+    if hasattr(model, "ctc_head"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.ctc_head.state_dict().items()}, str(Path(folder) / CTC_HEAD_FILE))
     tokenizer.save_pretrained(folder)
     image_processor.save_pretrained(folder)
 
