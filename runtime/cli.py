@@ -191,7 +191,7 @@ def main(inputs, model, beams, batch_size, max_length, fmt, layout, page_xml, ov
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("paths", nargs=-1, required=True, metavar="BUNDLE... DATA")
+@click.argument("paths", nargs=-1, required=True, metavar="[BUNDLE...] DATA")
 @click.option("--beams", type=click.IntRange(min=1), help="Beam width. Default: each bundle's own.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), envvar="HTR_THREADS", help="Threads per ONNX Runtime session [env: HTR_THREADS].")
@@ -201,16 +201,18 @@ def main(inputs, model, beams, batch_size, max_length, fmt, layout, page_xml, ov
 def eval_main(paths, beams, batch_size, threads, limit, jsonl_path, fmt):
     """Measure CER and WER of one or more BUNDLEs on DATA (a folder with labels.tsv, or the labels.tsv file).
 
-    With two bundles (say fp32 and int8) it also prints the CER difference and the share of lines
+    Without a BUNDLE it measures the bundle shipped with htr. With two bundles (say fp32 and int8) it also prints the CER difference and the share of lines
     both read identically. Exit status: 0 done, 1 some images could not be read (counted as empty
     output), 2 bad command line, 3 a bundle is missing or damaged.
     """
     from .evaluate import agreement, character_error_rate, evaluate, read_labels
     from .recognizer import Recognizer
 
-    if len(paths) < 2:
-        raise click.UsageError("give at least one BUNDLE and then DATA")
     bundles, data = [Path(p) for p in paths[:-1]], Path(paths[-1])
+    if not bundles:
+        if default_bundle() is None:
+            raise click.UsageError("give a BUNDLE before DATA: this install has no default bundle")
+        bundles = [default_bundle()]
     try:
         rows = read_labels(data)[:limit]
     except HtrError as e:

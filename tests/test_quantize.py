@@ -107,6 +107,20 @@ def test_htr_eval_one_and_two_bundles(exported, lines, tmp_path):
     assert "CER +0.00 points; identical text on 100.0% of lines" in two.stdout
 
 
+def test_htr_eval_without_bundle_measures_the_shipped_one(exported, lines, tmp_path, monkeypatch):
+    import htr.manifest
+
+    bundle = exported("vit-roberta")[1]
+    data = _labelled(tmp_path / "data", lines[:2], ["a", "b"])
+    monkeypatch.setattr(htr.manifest, "DEFAULT_BUNDLE", bundle)
+    result = CliRunner().invoke(eval_main, [str(data), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["bundles"][0]["bundle"] == str(bundle)
+    monkeypatch.setattr(htr.manifest, "DEFAULT_BUNDLE", tmp_path / "none")
+    result = CliRunner().invoke(eval_main, [str(data)])
+    assert result.exit_code == EXIT_USAGE and "no default bundle" in result.stderr
+
+
 def test_htr_eval_bad_inputs(exported, lines, tmp_path):
     bundle = exported("vit-roberta")[1]
     (tmp_path / "broken.png").write_text("not a png")
