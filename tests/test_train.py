@@ -169,3 +169,23 @@ def test_ctc_head_is_saved_beside_the_weights_and_taken_up_again(tmp_path):
     assert torch.equal(again.ctc_head.weight, model.ctc_head.weight) and torch.equal(again.ctc_head.bias, model.ctc_head.bias)
     other = demo_model(12)
     assert not attach_ctc_head(other, 12, tmp_path) and (tmp_path / CTC_HEAD_FILE).is_file()
+
+
+def test_training_loss_scores_each_position_against_its_own_label():
+    """htr-train's loss is the cross-entropy of logits[t] against labels[t] (transformers 4.50-4.57 shift the labels twice)."""
+    import torch
+
+    from htr.train.model import demo_model
+    from htr.train.trainer import use_unshifted_loss
+
+    torch.manual_seed(0)
+    model = demo_model(12).eval()
+    pixels, labels = torch.randn(2, 3, 32, 384), torch.randint(4, 12, (2, 7))
+    labels[1, 5:] = -100
+    use_unshifted_loss(model)
+    with torch.no_grad():
+        output = model(pixel_values=pixels, labels=labels)
+    expected = torch.nn.functional.cross_entropy(output.logits.reshape(-1, 12), labels.reshape(-1), ignore_index=-100)
+    assert torch.allclose(output.loss, expected, atol=1e-6)
+    shifted = torch.nn.functional.cross_entropy(output.logits[:, :-1].reshape(-1, 12), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert not torch.allclose(output.loss, shifted, atol=1e-3)

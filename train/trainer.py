@@ -111,6 +111,7 @@ def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data:
         refs = tokenizer.batch_decode(labels, skip_special_tokens=True)
         return {"cer": character_error_rate(texts, refs)}
 
+    use_unshifted_loss(model)
     trainer_class = Seq2SeqTrainer
     if settings.ctc_weight > 0:
         attach_ctc_head(model, len(tokenizer), settings.ctc_head_from)
@@ -124,6 +125,30 @@ def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data:
     if hasattr(model, "ctc_head"):
         del model.ctc_head  # training only: the exported model is the plain VisionEncoderDecoder
     return trainer
+
+
+def decoder_loss(logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100, **kwargs):
+    """Cross-entropy of each position's logits against the label at the same position (mean over the labelled positions,
+    or their sum over `num_items_in_batch` when the Trainer counts them across accumulated batches)."""
+    import torch
+
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab_size), labels.reshape(-1).to(logits.device),
+                                             ignore_index=ignore_index, reduction="mean" if num_items_in_batch is None else "sum")
+    return loss if num_items_in_batch is None else loss / num_items_in_batch
+
+
+def use_unshifted_loss(model) -> None:
+    """Make `model(pixel_values, labels=...)` score each position's logits against the label at that position.
+
+    The decoder's inputs are already the labels shifted right, but transformers 4.50 to 4.57 give
+    VisionEncoderDecoderModel the causal-LM loss, which shifts the labels once more: trained with
+    it, a model learns to predict the token after next, and fine-tuning ruins a trained TrOCR
+    (huggingface/transformers#40111, fixed upstream by #40863). Versions whose model has no
+    settable loss function compute the right loss themselves and are left alone.
+    """
+    attribute = getattr(type(model), "loss_function", None)
+    if isinstance(attribute, property) and attribute.fset is not None:
+        model.loss_function = decoder_loss
 
 
 CTC_UPSAMPLE = 2  # CTC steps per encoder column: lines hold more characters than a 32x384 image has patch columns
