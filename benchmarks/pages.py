@@ -5,6 +5,7 @@ margins and spacing, uneven paper, noise specks, ruled paper on some, rotated by
 Each line's true outline is its text box rotated with the page.
 
     python benchmarks/pages.py --pages 100
+    python benchmarks/pages.py --pages 40 --line-tilt 1.5   # each line drifting by its own angle
     python benchmarks/pages.py --pages 30 --model BUNDLE   # also page CER against line CER
 
 With `--model`, each page is read whole (`Recognizer.read_page`) and its text compared with the true
@@ -24,6 +25,7 @@ def main():
     parser.add_argument("--fonts", choices=["train", "eval"], default="eval")
     parser.add_argument("--model", help="bundle: also measure page CER and line CER")
     parser.add_argument("--spacing", default="1.5,2.3", help="range of line spacing in font sizes; 1.1,1.35 makes lines touch")
+    parser.add_argument("--line-tilt", type=float, default=0.0, help="turn each line by its own angle, up to this many degrees either way")
     args = parser.parse_args()
 
     from htr.evaluate import line_detection_scores
@@ -43,7 +45,7 @@ def main():
     found = true = matched = ordered = 0
     seconds = 0.0
     for index in range(args.pages):
-        page = render_page(fonts, random.Random(f"page:{args.seed}:{index}"), spacing=spacing)
+        page = render_page(fonts, random.Random(f"page:{args.seed}:{index}"), spacing=spacing, line_tilt=args.line_tilt)
         started = time.perf_counter()
         layout = analyse(page.image)
         seconds += time.perf_counter() - started
@@ -57,7 +59,8 @@ def main():
             page_ref.append("\n".join(page.texts))
             line_hyp.extend(r.text for r in recognizer.recognize(true_line_crops(page)))
             line_ref.extend(page.texts)
-    print(f"# line detection: {args.pages} synthetic pages in {args.fonts} fonts (seed {args.seed}), line spacing {args.spacing} font sizes, IoU >= 0.5")
+    print(f"# line detection: {args.pages} synthetic pages in {args.fonts} fonts (seed {args.seed}), line spacing {args.spacing} font sizes, "
+          f"lines tilted up to {args.line_tilt} degrees, IoU >= 0.5")
     print("| pages | true lines | found lines | precision | recall | pages in reading order | s/page |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {args.pages} | {true} | {found} | {matched / max(found, 1):.3f} | {matched / max(true, 1):.3f} | "

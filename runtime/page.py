@@ -9,8 +9,9 @@ The steps, each a small function:
 3. `estimate_skew`: the angle (within +-MAX_SKEW degrees) whose horizontal ink profile is sharpest;
 4. `find_bands`: in the deskewed page, the rows' ink profile, smoothed at the scale of the line
    spacing (read from the profile's autocorrelation), split at its valleys into line bands;
-5. each band's box is trimmed to its ink, and mapped back to the page as a rotated rectangle
-   (`polygon`) and its axis-aligned `box`.
+5. `follow_line`: each band's line is followed strip by strip, since handwritten lines drift, each
+   with its own slope; the ink along it is trimmed, and its outline (a parallelogram along the
+   line's slope) is mapped back to the page as `polygon`, with its axis-aligned `box`.
 
 Reading order is top to bottom (one column of text).
 """
@@ -33,7 +34,8 @@ RULE_SHARE = 0.5  # rows or columns inked over more than this share are rules, b
 
 @dataclass(frozen=True)
 class LineRegion:
-    """One text line on the page: its axis-aligned box (left, top, right, bottom) and its rotated outline, in page pixels."""
+    """One text line on the page: its axis-aligned box (left, top, right, bottom) and its outline (top-left, top-right,
+    bottom-right, bottom-left: a parallelogram along the line, rotated with the page), in page pixels."""
 
     box: Tuple[int, int, int, int]
     polygon: Tuple[Tuple[int, int], ...]
@@ -164,14 +166,73 @@ def find_bands(mask: np.ndarray) -> List[Tuple[int, int]]:
     return bands
 
 
-def _trim(mask: np.ndarray, top: int, bottom: int) -> Optional[Tuple[int, int, int, int]]:
-    """Return the (left, top, right, bottom) of the ink in a band, ignoring columns and rows with almost none."""
+def _trim(mask: np.ndarray, top: int, bottom: int, core: Optional[Tuple[int, int]] = None) -> Optional[Tuple[int, int, int, int]]:
+    """Return the (left, top, right, bottom) of the ink in a band, ignoring rows with almost none.
+
+    With `core` (rows of the band), the line reaches left and right only as far as ink in those rows:
+    the ends of neighbouring lines that enter the band above or below its core do not widen it.
+    """
     band = mask[top:bottom]
-    columns = np.nonzero(band.sum(axis=0) > 0)[0]
-    rows = np.nonzero(band.sum(axis=1) > max(1, 0.002 * band.shape[1]))[0]  # a row needs a few ink pixels per 1000 columns
-    if columns.size == 0 or rows.size == 0:
+    columns = np.nonzero(band[slice(*core) if core else slice(None)].sum(axis=0) > 0)[0]
+    if columns.size == 0:
+        return None
+    # a row needs a few ink pixels per 1000 columns of the page
+    rows = np.nonzero(band[:, columns[0] : columns[-1] + 1].sum(axis=1) > max(1, 0.002 * band.shape[1]))[0]
+    if rows.size == 0:
         return None
     return int(columns[0]), top + int(rows[0]), int(columns[-1]) + 1, top + int(rows[-1]) + 1
+
+
+MAX_LINE_TILT = 6.0  # degrees a line may slope against the page's rows once the page is upright
+FOLLOW_PASSES = 3  # fits of a line's slope, each on the ink near the previous fit
+
+
+def follow_line(mask: np.ndarray, top: int, bottom: int) -> Tuple[float, float, float]:
+    """Return `(slope, pivot, middle)` of the text line in band `[top, bottom)` of an upright mask: its middle runs
+    through row `middle` at column `pivot` with `slope` rows per column.
+
+    Handwritten lines drift, each with its own slope, so their ends leave the band that the page's
+    row profile gives, and the ends of neighbouring lines enter it. The ink's mean row is taken in
+    vertical strips about two band-heights wide, within a quarter band-height of the line's middle
+    (first the band's densest row, then the last fit), which keeps neighbouring lines out, and a
+    straight line is fitted to those means, weighted by their ink.
+    """
+    height, width = mask.shape
+    strip = max(8, int(2 * (bottom - top)))
+    reach = max(2.0, (bottom - top) / 4.0)
+    rows = np.arange(height, dtype=np.float64)
+    limit = np.tan(np.deg2rad(MAX_LINE_TILT))
+    profile = _smooth(mask[top:bottom].sum(axis=1).astype(np.float64), reach)
+    slope, pivot, middle = 0.0, width / 2.0, float(top + int(np.argmax(profile)))
+    for _ in range(FOLLOW_PASSES):
+        xs, ys, weights = [], [], []
+        for start in range(0, width, strip):
+            block = mask[:, start : start + strip]
+            centre_x = start + block.shape[1] / 2.0
+            expected = middle + slope * (centre_x - pivot)
+            low, high = max(0, int(expected - reach)), min(height, int(np.ceil(expected + reach)))
+            counts = block[low:high].sum(axis=1).astype(np.float64)
+            if counts.sum() < 1:
+                continue
+            xs.append(centre_x)
+            ys.append(float((rows[low:high] * counts).sum() / counts.sum()))
+            weights.append(counts.sum())
+        if not xs:
+            break
+        x, y, w = np.array(xs), np.array(ys), np.array(weights)
+        pivot, middle = float((x * w).sum() / w.sum()), float((y * w).sum() / w.sum())
+        spread = ((x - pivot) ** 2 * w).sum()
+        slope = float(np.clip(((x - pivot) * (y - middle) * w).sum() / spread, -limit, limit)) if spread > 0 else 0.0
+    return slope, pivot, middle
+
+
+def _straighten(mask: np.ndarray, top: int, bottom: int, slope: float, pivot: float) -> np.ndarray:
+    """Return band `[top, bottom)` sheared along `slope` about column `pivot` (row y of column x is top + y + slope * (x - pivot)), False off the mask."""
+    height, width = mask.shape
+    columns = np.arange(width)
+    rows = np.round(slope * (columns - pivot)).astype(np.int64)[None, :] + np.arange(top, bottom)[:, None]
+    inside = (rows >= 0) & (rows < height)
+    return np.where(inside, mask[np.clip(rows, 0, height - 1), columns[None, :]], False)
 
 
 def analyse(image: Image.Image) -> Layout:
@@ -188,12 +249,17 @@ def analyse(image: Image.Image) -> Layout:
     lines = []
     min_height = max(4, 0.004 * max(upright.shape))
     for top, bottom in find_bands(upright):
-        box = _trim(upright, top, bottom)
+        slope, pivot, middle = follow_line(upright, top, bottom)
+        reach = max(2.0, (bottom - top) / 4.0)
+        core = (max(0, int(middle - reach) - top), max(1, int(np.ceil(middle + reach)) - top))  # the line's body: neighbours never reach in
+        box = _trim(_straighten(upright, top, bottom, slope, pivot), 0, bottom - top, core)
         if box is None or box[3] - box[1] < min_height / 2 or box[2] - box[0] < min_height:
             continue
         pad_y, pad_x = LINE_MARGIN_Y * (box[3] - box[1]), LINE_MARGIN_X * (box[3] - box[1])
-        left, top, right, bottom = (box[0] - pad_x) / scale, (box[1] - pad_y) / scale, (box[2] + pad_x) / scale, (box[3] + pad_y) / scale
-        corners = [unrotate(x, y, skew, centre) for x, y in ((left, top), (right, top), (right, bottom), (left, bottom))]
+        left, right = box[0] - pad_x, box[2] + pad_x
+        above, below = top + box[1] - pad_y, top + box[3] + pad_y
+        outline = [(x, y + slope * (x - pivot)) for x, y in ((left, above), (right, above), (right, below), (left, below))]
+        corners = [unrotate(x / scale, y / scale, skew, centre) for x, y in outline]
         xs, ys = [c[0] for c in corners], [c[1] for c in corners]
         lines.append(LineRegion(
             box=(max(0, int(min(xs))), max(0, int(min(ys))), min(width, int(np.ceil(max(xs)))), min(height, int(np.ceil(max(ys))))),
@@ -211,16 +277,19 @@ def unrotate(x: float, y: float, angle: float, centre: Tuple[float, float]) -> T
 
 
 def crop_lines(layout: Layout) -> List[Image.Image]:
-    """Return each line's image, cut from the upright page."""
+    """Return each line's image, cut from the upright page and, where the line slopes, sheared level."""
+    centre = (layout.size[0] / 2.0, layout.size[1] / 2.0)
     crops = []
     for line in layout.lines:
-        xs = [p[0] for p in line.polygon]
-        ys = [p[1] for p in line.polygon]
-        # the polygon is the upright rectangle rotated onto the page; rotate it back to cut it upright
-        centre = (layout.size[0] / 2.0, layout.size[1] / 2.0)
-        upright = [unrotate(x, y, -layout.skew, centre) for x, y in zip(xs, ys)]
-        ux, uy = [p[0] for p in upright], [p[1] for p in upright]
-        crops.append(layout.deskewed.crop((int(min(ux)), int(min(uy)), int(np.ceil(max(ux))), int(np.ceil(max(uy))))))
+        # the outline is the line's upright outline rotated onto the page: rotate it back to cut it upright
+        (x0, y0), (x1, y1), _, (_, y3) = [unrotate(x, y, -layout.skew, centre) for x, y in line.polygon]
+        width, height = max(1, round(x1 - x0)), max(1, round(y3 - y0))
+        slope = (y1 - y0) / max(x1 - x0, 1.0)
+        if abs(slope * width) < 1.0:  # level to within a pixel: a plain cut
+            crops.append(layout.deskewed.crop((int(x0), int(y0), int(x0) + width, int(y0) + height)))
+        else:
+            crops.append(layout.deskewed.transform((width, height), Image.Transform.AFFINE, (1, 0, x0, slope, 1, y0),
+                                                   resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255)))
     return crops
 
 

@@ -51,6 +51,30 @@ def test_lines_are_found_in_reading_order(fonts, seed):
     assert abs(layout.skew + page.skew) < 0.5  # the rotation found undoes the page's
 
 
+def _slope(polygon) -> float:
+    (x0, y0), (x1, y1) = polygon[0], polygon[1]
+    return float(np.degrees(np.arctan2(y1 - y0, x1 - x0)))
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_drifting_lines_are_followed_and_cut_level(fonts, seed):
+    """Lines that each slope their own way (up to 3 degrees) are found with their own slope, and cut sheared level."""
+    from htr.page import crop_lines
+
+    page = _page(fonts, seed, line_tilt=3.0)
+    layout = analyse(page.image)
+    scores = line_detection_scores([line.polygon for line in layout.lines], page.polygons, page.image.size)
+    assert scores["recall"] >= 0.9 and scores["precision"] >= 0.9, (len(layout.lines), len(page.polygons))
+    for i, j in scores["matches"].items():  # the slope found is off by less than a quarter of the line's height at its ends
+        (x0, y0), (x1, y1), _, (x3, y3) = page.polygons[j]
+        off = np.tan(np.radians(_slope(page.polygons[j]) - _slope(layout.lines[i].polygon))) * np.hypot(x1 - x0, y1 - y0) / 2
+        assert abs(off) < 0.25 * np.hypot(x3 - x0, y3 - y0), (i, j, off)
+    assert np.ptp([_slope(p) for p in page.polygons]) > 1.0  # the lines do slope differently
+    for crop, line in zip(crop_lines(layout), layout.lines):
+        (x0, y0), (x1, y1), _, (x3, y3) = line.polygon
+        assert abs(crop.width - np.hypot(x1 - x0, y1 - y0)) < 3 and abs(crop.height - np.hypot(x3 - x0, y3 - y0)) < 3
+
+
 def test_blank_noise_and_tiny_pages():
     blank = Image.new("RGB", (1200, 900), (238, 232, 220))
     assert analyse(blank).lines == []

@@ -175,11 +175,13 @@ class PageSample:
 
 
 def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = None, max_skew: float = 5.0,
-                spacing: Tuple[float, float] = (1.5, 2.3)) -> PageSample:
+                spacing: Tuple[float, float] = (1.5, 2.3), line_tilt: float = 0.0) -> PageSample:
     """Return a page of handwritten lines in one font: margins, uneven paper, noise, optional ruling, rotated by up to `max_skew` degrees.
 
     `spacing` is the range of the distance between lines in font sizes; below about 1.3 ascenders
-    and descenders of neighbouring lines touch.
+    and descenders of neighbouring lines touch. `line_tilt` turns each line by its own angle, up to
+    that many degrees either way, as lines drift on an unruled handwritten page, but never so far
+    that its ends come closer to a neighbouring line than 0.2 of the gap between them.
     """
     font_choice = rng.choice(fonts)
     size = rng.randint(28, 52)
@@ -191,7 +193,7 @@ def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = No
     height = 2 * margin_y + spacing * count + size
     mask = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(mask)
-    texts, boxes = [], []
+    texts, outlines = [], []
     for i in range(count):
         text = " ".join(random_text(rng) for _ in range(2))
         text = text.upper() if font_choice.capitals == "yes" else text
@@ -199,10 +201,22 @@ def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = No
             text = text.rsplit(" ", 1)[0] if " " in text else text[:-1]
         x = margin_x + rng.randint(0, 30)
         y = margin_y + i * spacing + rng.randint(-size // 10, size // 10)
-        draw.text((x, y), text, fill=255, font=font)
         left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+        corners = ((left, top), (right, top), (right, bottom), (left, bottom))
+        tilt = rng.uniform(-line_tilt, line_tilt) if line_tilt else 0.0
+        if tilt:  # writers keep lines apart: a line's ends drift by at most 0.4 of the gap to its neighbours
+            drift = 0.4 * max(0, spacing - (bottom - top)) / max(1.0, (right - left) / 2.0)
+            tilt = float(np.clip(tilt, -np.degrees(np.arctan(drift)), np.degrees(np.arctan(drift))))
+        if tilt:
+            layer = Image.new("L", mask.size, 0)
+            ImageDraw.Draw(layer).text((x, y), text, fill=255, font=font)
+            centre = ((left + right) / 2.0, (top + bottom) / 2.0)
+            mask.paste(255, mask=layer.rotate(tilt, resample=Image.Resampling.BILINEAR, center=centre))
+            corners = tuple(unrotate(cx, cy, -tilt, centre) for cx, cy in corners)  # where rotate(tilt) moves them
+        else:
+            draw.text((x, y), text, fill=255, font=font)
         texts.append(text)
-        boxes.append((left, top, right, bottom))
+        outlines.append(corners)
     paper = np.array([rng.randint(215, 255), rng.randint(210, 250), rng.randint(195, 240)], dtype=np.float32)
     light = np.linspace(rng.uniform(0.7, 1.0), rng.uniform(0.7, 1.0), width, dtype=np.float32)[None, :, None]
     light = light * np.linspace(rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0), height, dtype=np.float32)[:, None, None]
@@ -222,7 +236,7 @@ def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = No
     skew = rng.uniform(-max_skew, max_skew)
     image = image.rotate(skew, resample=Image.Resampling.BICUBIC, fillcolor=tuple(int(c) for c in pixels.reshape(-1, 3).mean(axis=0)))
     centre = (width / 2.0, height / 2.0)
-    polygons = [tuple(unrotate(x, y, -skew, centre) for x, y in ((l, t), (r, t), (r, b), (l, b))) for l, t, r, b in boxes]  # where rotate(skew) moves them
+    polygons = [tuple(unrotate(x, y, -skew, centre) for x, y in corners) for corners in outlines]  # where rotate(skew) moves them
     return PageSample(image, texts, polygons, skew)
 
 
