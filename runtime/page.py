@@ -187,6 +187,11 @@ MAX_LINE_TILT = 6.0  # degrees a line may slope against the page's rows once the
 FOLLOW_PASSES = 3  # fits of a line's slope, each on the ink near the previous fit
 
 
+def _reach(top: int, bottom: int) -> float:
+    """Return a quarter of a band's height: rows this close to a line's middle are its body, where neighbouring lines never reach."""
+    return max(2.0, (bottom - top) / 4.0)
+
+
 def follow_line(mask: np.ndarray, top: int, bottom: int) -> Tuple[float, float, float]:
     """Return `(slope, pivot, middle)` of the text line in band `[top, bottom)` of an upright mask: its middle runs
     through row `middle` at column `pivot` with `slope` rows per column.
@@ -199,7 +204,7 @@ def follow_line(mask: np.ndarray, top: int, bottom: int) -> Tuple[float, float, 
     """
     height, width = mask.shape
     strip = max(8, int(2 * (bottom - top)))
-    reach = max(2.0, (bottom - top) / 4.0)
+    reach = _reach(top, bottom)
     rows = np.arange(height, dtype=np.float64)
     limit = np.tan(np.deg2rad(MAX_LINE_TILT))
     profile = _smooth(mask[top:bottom].sum(axis=1).astype(np.float64), reach)
@@ -250,8 +255,8 @@ def analyse(image: Image.Image) -> Layout:
     min_height = max(4, 0.004 * max(upright.shape))
     for top, bottom in find_bands(upright):
         slope, pivot, middle = follow_line(upright, top, bottom)
-        reach = max(2.0, (bottom - top) / 4.0)
-        core = (max(0, int(middle - reach) - top), max(1, int(np.ceil(middle + reach)) - top))  # the line's body: neighbours never reach in
+        reach = _reach(top, bottom)
+        core = (max(0, int(middle - reach) - top), max(1, int(np.ceil(middle + reach)) - top))
         box = _trim(_straighten(upright, top, bottom, slope, pivot), 0, bottom - top, core)
         if box is None or box[3] - box[1] < min_height / 2 or box[2] - box[0] < min_height:
             continue
