@@ -64,3 +64,14 @@ def test_capitals_column_matches_the_glyphs():
     for i in range(40):
         image, text = lines[i]
         assert image.mode == "RGB" and image.height >= 10 and image.width > image.height
+
+
+def test_training_lines_vary_the_hand_and_evaluation_lines_do_not():
+    fonts_or_skip("train")
+    varied, plain = synth.SyntheticLines("train", seed=4), synth.SyntheticLines("train", seed=4, vary=False)
+    assert varied.vary and not plain.vary and not synth.SyntheticLines("eval", seed=4).vary
+    pairs = [(varied[i], plain[i]) for i in range(12)]
+    assert all(v[1] == p[1] for v, p in pairs)  # the same text ...
+    assert sum(v[0].tobytes() != p[0].tobytes() for v, p in pairs) >= 6  # ... written differently on most lines
+    again = synth.SyntheticLines("train", seed=4)
+    assert all(again[i][0].tobytes() == pairs[i][0][0].tobytes() for i in range(12))

@@ -83,16 +83,72 @@ def _ink(rng: random.Random) -> Tuple[int, int, int]:
     return tuple(min(255, c + rng.randint(0, 60)) for c in base)
 
 
-def render_line(text: str, font_path: str, rng: random.Random) -> Image.Image:
-    """Return an RGB image of `text` written in the font, slanted, rotated, inked, on textured paper."""
+@lru_cache(maxsize=512)
+def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(path, size)
+
+
+def _jittered_text(text: str, font: ImageFont.FreeTypeFont, size: int, stroke: int, rng: random.Random) -> Image.Image:
+    """Return a mask of `text` drawn one character at a time, each a little scaled, raised or lowered, turned and spaced
+    its own way, as no hand writes a letter twice alike."""
+    pad = size
+    width = int(font.getlength(text) * 1.25) + 2 * pad
+    mask = Image.new("L", (width, 3 * size), 0)
+    x = float(pad)
+    for char in text:
+        advance = font.getlength(char)
+        if not char.isspace():
+            scale = rng.uniform(0.88, 1.12)
+            glyph_font = _font(font.path, max(8, round(size * scale)))
+            box = glyph_font.getbbox(char, stroke_width=stroke)
+            glyph = Image.new("L", (box[2] - box[0] + 4, box[3] - box[1] + 4), 0)
+            ImageDraw.Draw(glyph).text((2 - box[0], 2 - box[1]), char, fill=255, font=glyph_font, stroke_width=stroke, stroke_fill=255)
+            glyph = glyph.rotate(rng.uniform(-6, 6), resample=Image.Resampling.BILINEAR, expand=True)
+            y = size + box[1] + rng.uniform(-0.05, 0.05) * size - 2
+            mask.paste(255, (int(x + box[0] * scale) - 2, int(y)), glyph)
+            advance *= scale
+        x += advance + rng.uniform(-0.04, 0.06) * size
+    return mask.crop(mask.getbbox() or (0, 0, 1, 1))
+
+
+def _elastic(mask: Image.Image, amplitude: float, cell: float, np_rng: np.random.Generator) -> Image.Image:
+    """Return `mask` warped by a random displacement of up to about `amplitude` pixels that changes smoothly over `cell` pixels."""
+    h, w = mask.height, mask.width
+    grid = (max(2, int(h / cell) + 1), max(2, int(w / cell) + 1))
+    fields = [np.asarray(Image.fromarray(np_rng.uniform(-1, 1, grid).astype(np.float32), "F").resize((w, h), Image.Resampling.BICUBIC)) for _ in range(2)]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    ys, xs = np.clip(ys + amplitude * fields[0], 0, h - 1), np.clip(xs + amplitude * fields[1], 0, w - 1)
+    y0, x0 = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = ys - y0, xs - x0
+    source = np.asarray(mask, dtype=np.float32)
+    top = source[y0, x0] * (1 - fx) + source[y0, x1] * fx
+    bottom = source[y1, x0] * (1 - fx) + source[y1, x1] * fx
+    return Image.fromarray(np.clip(top * (1 - fy) + bottom * fy, 0, 255).astype(np.uint8), "L")
+
+
+def render_line(text: str, font_path: str, rng: random.Random, vary: bool = False) -> Image.Image:
+    """Return an RGB image of `text` written in the font, slanted, rotated, inked, on textured paper.
+
+    With `vary` (training lines), the writing also varies as a hand does: on most lines each
+    character is drawn a little differently (`_jittered_text`), and the strokes are warped by a
+    smooth random displacement, so that a model learns letters rather than a font's exact shapes.
+    """
     size = rng.randint(26, 60)
-    font = ImageFont.truetype(font_path, size)
+    font = _font(font_path, size)
     left, top, right, bottom = font.getbbox(text)
     pad = size // 2
-    width, height = right - left + 2 * pad, bottom - top + 2 * pad
     stroke = rng.choice([0, 0, 0, 1]) if size > 34 else 0
-    mask = Image.new("L", (width, height), 0)
-    ImageDraw.Draw(mask).text((pad - left, pad - top), text, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
+    if vary and rng.random() < 0.7:
+        glyphs = _jittered_text(text, font, size, stroke, rng)
+        mask = Image.new("L", (glyphs.width + 2 * pad, glyphs.height + 2 * pad), 0)
+        mask.paste(glyphs, (pad, pad))
+    else:
+        mask = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
+        ImageDraw.Draw(mask).text((pad - left, pad - top), text, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
+    if vary and rng.random() < 0.6:
+        mask = _elastic(mask, rng.uniform(0.02, 0.06) * size, size / 2, np.random.default_rng(rng.getrandbits(32)))
+    width, height = mask.size
 
     # Slant (shear) and a small rotation of the writing.
     shear = rng.uniform(-0.35, 0.35)
@@ -140,11 +196,16 @@ def render_line(text: str, font_path: str, rng: random.Random) -> Image.Image:
 
 
 class SyntheticLines:
-    """An indexable, endless-ish set of `(image, text)` samples for one font split."""
+    """An indexable, endless-ish set of `(image, text)` samples for one font split.
 
-    def __init__(self, split: str = "train", seed: int = 0, size: int = 1_000_000):
+    `vary` (default: for the train split) draws each line's characters and strokes with a hand's
+    variation (see `render_line`); evaluation lines are the fonts as they are.
+    """
+
+    def __init__(self, split: str = "train", seed: int = 0, size: int = 1_000_000, vary: Optional[bool] = None):
         self.fonts = load_fonts(split)
         self.split, self.seed, self.size = split, seed, size
+        self.vary = split == "train" if vary is None else vary
 
     def __len__(self) -> int:
         return self.size
@@ -160,7 +221,7 @@ class SyntheticLines:
         font = rng.choice(self.fonts)
         if font.capitals == "yes":
             text = text.upper()
-        return render_line(text, font.path, rng), text, font
+        return render_line(text, font.path, rng, vary=self.vary), text, font
 
 
 
