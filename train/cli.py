@@ -60,7 +60,8 @@ def main(out_dir, source, demo, folders, synthetic, alphabet, freeze_encoder, st
         if synthetic:
             from .synth import SyntheticLines
 
-            generator, eval_generator = SyntheticLines("train", seed=seed), SyntheticLines("eval", seed=seed)
+            # the evaluation lines stay the same whatever --seed draws for training, so that runs going on from each other compare
+            generator, eval_generator = SyntheticLines("train", seed=seed), SyntheticLines("eval", seed=0)
         if eval_generator is None and len(labelled) >= 20:
             held = max(1, len(labelled) // 10)
             labelled, held_out = labelled[held:], labelled[:held]
