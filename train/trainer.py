@@ -1,6 +1,7 @@
 """Fine-tuning and training VisionEncoderDecoder models with transformers' Seq2SeqTrainer."""
 
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -114,7 +115,8 @@ def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data:
     use_unshifted_loss(model)
     trainer_class = Seq2SeqTrainer
     if settings.ctc_weight > 0:
-        attach_ctc_head(model, len(tokenizer), settings.ctc_head_from)
+        if attach_ctc_head(model, len(tokenizer), settings.ctc_head_from):
+            print(f"htr-train: the CTC head goes on from {settings.ctc_head_from / CTC_HEAD_FILE}", file=sys.stderr)
         trainer_class = _ctc_trainer(settings.ctc_weight, blank=tokenizer.pad_token_id, ignore=set(tokenizer.all_special_ids))
     trainer = trainer_class(
         model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, data_collator=collate, processing_class=tokenizer,
