@@ -23,13 +23,15 @@ from htr.errors import HtrError
               help="After warmup: decay to zero over --steps, or hold (for a long run continued across machines with --from).")
 @click.option("--warmup", "warmup_steps", type=click.IntRange(min=0), default=500, show_default=True,
               help="Steps of linear learning-rate warmup (at most a fifth of --steps); a run going on with --from needs few.")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Processes that render and prepare lines while the model trains; 0 prepares them in the training process.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=500, show_default=True, help="Steps between CER evaluations and checkpoints.")
 @click.option("--eval-lines", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--bf16", is_flag=True, help="Mixed precision (bf16 autocast). On CPU it pays only with AVX512-BF16 or AMX; on AVX2-only CPUs it is about 30x slower than fp32.")
 @click.option("--ctc", "ctc_weight", type=click.FloatRange(min=0), help="Weight of an auxiliary CTC loss on the encoder output (training only; dropped from the saved model). Default: 0.5 with --demo, else 0.")
 @click.option("--resume", is_flag=True, help="Go on from the newest checkpoint in OUT_DIR/checkpoints.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(out_dir, source, demo, folders, synthetic, alphabet, freeze_encoder, steps, batch_size, learning_rate, lr_schedule, warmup_steps, eval_every, eval_lines, bf16, ctc_weight, resume, seed):
+def main(out_dir, source, demo, folders, synthetic, alphabet, freeze_encoder, steps, batch_size, learning_rate, lr_schedule, warmup_steps, workers, eval_every, eval_lines, bf16, ctc_weight, resume, seed):
     """Train into OUT_DIR; the result is a save_pretrained folder that htr-export takes."""
     from .model import ENGLISH, char_tokenizer, demo_image_processor, demo_model, swap_tokenizer
     from htr.evaluate import read_labels
@@ -69,7 +71,7 @@ def main(out_dir, source, demo, folders, synthetic, alphabet, freeze_encoder, st
         else:
             eval_data = LineDataset(tokenizer, pre, synthetic=eval_generator, size=eval_lines) if eval_generator else None
         train_data = LineDataset(tokenizer, pre, labelled=labelled, synthetic=generator, size=steps * batch_size)
-        settings = TrainSettings(out_dir=out_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
+        settings = TrainSettings(out_dir=out_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate, lr_schedule=lr_schedule, warmup_steps=warmup_steps, workers=workers,
                                  eval_every=eval_every, save_every=eval_every, eval_lines=eval_lines, bf16=bf16, seed=seed,
                                  ctc_weight=(0.5 if demo else 0.0) if ctc_weight is None else ctc_weight,
                                  ctc_head_from=Path(source) if source and Path(source).is_dir() else None)

@@ -28,6 +28,7 @@ class TrainSettings:
     seed: int = 0
     ctc_weight: float = 0.0
     lr_schedule: str = "cosine"
+    workers: int = 1  # DataLoader processes that render and prepare lines while the model trains (0: in the training process)
     ctc_head_from: Optional[Path] = None  # a folder whose CTC_HEAD_FILE (from an earlier run) the head starts from
 
 
@@ -99,7 +100,7 @@ def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data:
         generation_num_beams=1,
         bf16=settings.bf16,
         seed=settings.seed,
-        dataloader_num_workers=0,
+        dataloader_num_workers=settings.workers,
         remove_unused_columns=False,
         report_to=[],
         use_cpu=not _cuda(),
