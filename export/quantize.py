@@ -189,8 +189,9 @@ def quantize_graph(source: Path, target: Path, feeds: Optional[List[Dict[str, np
     extra.update(ActivationSymmetric=symmetric, WeightSymmetric=True)
     if not settings.quantized_outputs:
         extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
-    if settings.method == "minmax":
-        extra["CalibMaxIntermediateOutputs"] = 16  # merge ranges as it goes instead of holding every activation
+    # No CalibMaxIntermediateOutputs: onnxruntime (1.32) drops, not merges, what it collected each time it reaches that
+    # many runs, so ranges came from the last few feeds only (and none when their count was a multiple). MinMax keeps
+    # only each tensor's reduced min and max per run, which is small.
     quantize_static(
         str(source), str(target), _reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(settings.op_types),
         nodes_to_exclude=_float_nodes(onnx.load(str(source), load_external_data=False), settings),

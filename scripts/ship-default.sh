@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Exports the demo model (models/demo) as the bundle shipped inside htr (runtime/models/default):
+# static int8 calibrated on calibration_data/, verified against PyTorch, and compared with fp32 on
+# 100 synthetic lines in the held-out fonts (the numbers land in the bundle's manifest.json).
+# Needs the export extra and the fonts (scripts/install-fonts.sh). Extra arguments go to htr-export.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+htr-export models/demo runtime/models/default --int8 --force "$@"
