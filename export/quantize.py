@@ -192,12 +192,18 @@ def quantize_graph(source: Path, target: Path, feeds: Optional[List[Dict[str, np
     # No CalibMaxIntermediateOutputs: onnxruntime (1.32) drops, not merges, what it collected each time it reaches that
     # many runs, so ranges came from the last few feeds only (and none when their count was a multiple). MinMax keeps
     # only each tensor's reduced min and max per run, which is small.
-    quantize_static(
-        str(source), str(target), _reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(settings.op_types),
-        nodes_to_exclude=_float_nodes(onnx.load(str(source), load_external_data=False), settings),
-        per_channel=settings.per_channel, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, calibrate_method=method, extra_options=extra,
-    )
+    try:
+        quantize_static(
+            str(source), str(target), _reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(settings.op_types),
+            nodes_to_exclude=_float_nodes(onnx.load(str(source), load_external_data=False), settings),
+            per_channel=settings.per_channel, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=method, extra_options=extra,
+        )
+    except ValueError as e:
+        if settings.method == "minmax":
+            raise
+        # onnxruntime's histogram collector stacks each tensor's values over the runs, which differ in shape here
+        raise ExportError(f"{settings.method} calibration failed on {source.name} ({e}); use --calibration-method minmax") from e
     if settings.fuse_bias:
         fuse_quantized_bias(target)
 
