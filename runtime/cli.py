@@ -201,8 +201,8 @@ def main(inputs, model, beams, batch_size, max_length, fmt, layout, page_xml, ov
 def eval_main(paths, beams, batch_size, threads, limit, jsonl_path, fmt):
     """Measure CER and WER of one or more BUNDLEs on DATA (a folder with labels.tsv, or the labels.tsv file).
 
-    Without a BUNDLE it measures the bundle shipped with htr. With two bundles (say fp32 and int8) it also prints the CER difference and the share of lines
-    both read identically. Exit status: 0 done, 1 some images could not be read (counted as empty
+    Without a BUNDLE it measures the bundle shipped with htr. With two bundles (say fp32 and int8)
+    it also prints the CER difference and the share of lines both read identically. Exit status: 0 done, 1 some images could not be read (counted as empty
     output), 2 bad command line, 3 a bundle is missing or damaged.
     """
     from .evaluate import agreement, character_error_rate, evaluate, read_labels
@@ -210,9 +210,10 @@ def eval_main(paths, beams, batch_size, threads, limit, jsonl_path, fmt):
 
     bundles, data = [Path(p) for p in paths[:-1]], Path(paths[-1])
     if not bundles:
-        if default_bundle() is None:
+        shipped = default_bundle()
+        if shipped is None:
             raise click.UsageError("give a BUNDLE before DATA: this install has no default bundle")
-        bundles = [default_bundle()]
+        bundles = [shipped]
     try:
         rows = read_labels(data)[:limit]
     except HtrError as e:

@@ -166,21 +166,20 @@ def find_bands(mask: np.ndarray) -> List[Tuple[int, int]]:
     return bands
 
 
-def _trim(mask: np.ndarray, top: int, bottom: int, core: Optional[Tuple[int, int]] = None) -> Optional[Tuple[int, int, int, int]]:
-    """Return the (left, top, right, bottom) of the ink in a band, ignoring rows with almost none.
+def _trim(band: np.ndarray, core: Tuple[int, int]) -> Optional[Tuple[int, int, int, int]]:
+    """Return the (left, top, right, bottom) of the line's ink in a band (rows from its top), ignoring rows with almost none.
 
-    With `core` (rows of the band), the line reaches left and right only as far as ink in those rows:
-    the ends of neighbouring lines that enter the band above or below its core do not widen it.
+    The line reaches left and right only as far as ink in its `core` rows: the ends of neighbouring
+    lines that enter the band above or below the core do not widen it.
     """
-    band = mask[top:bottom]
-    columns = np.nonzero(band[slice(*core) if core else slice(None)].sum(axis=0) > 0)[0]
+    columns = np.nonzero(band[core[0] : core[1]].sum(axis=0) > 0)[0]
     if columns.size == 0:
         return None
     # a row needs a few ink pixels per 1000 columns of the page
     rows = np.nonzero(band[:, columns[0] : columns[-1] + 1].sum(axis=1) > max(1, 0.002 * band.shape[1]))[0]
     if rows.size == 0:
         return None
-    return int(columns[0]), top + int(rows[0]), int(columns[-1]) + 1, top + int(rows[-1]) + 1
+    return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
 
 
 MAX_LINE_TILT = 6.0  # degrees a line may slope against the page's rows once the page is upright
@@ -257,7 +256,7 @@ def analyse(image: Image.Image) -> Layout:
         slope, pivot, middle = follow_line(upright, top, bottom)
         reach = _reach(top, bottom)
         core = (max(0, int(middle - reach) - top), max(1, int(np.ceil(middle + reach)) - top))
-        box = _trim(_straighten(upright, top, bottom, slope, pivot), 0, bottom - top, core)
+        box = _trim(_straighten(upright, top, bottom, slope, pivot), core)
         if box is None or box[3] - box[1] < min_height / 2 or box[2] - box[0] < min_height:
             continue
         pad_y, pad_x = LINE_MARGIN_Y * (box[3] - box[1]), LINE_MARGIN_X * (box[3] - box[1])

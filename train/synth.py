@@ -136,7 +136,6 @@ def render_line(text: str, font_path: str, rng: random.Random, vary: bool = Fals
     """
     size = rng.randint(26, 60)
     font = _font(font_path, size)
-    left, top, right, bottom = font.getbbox(text)
     pad = size // 2
     stroke = rng.choice([0, 0, 0, 1]) if size > 34 else 0
     if vary and rng.random() < 0.7:
@@ -144,6 +143,7 @@ def render_line(text: str, font_path: str, rng: random.Random, vary: bool = Fals
         mask = Image.new("L", (glyphs.width + 2 * pad, glyphs.height + 2 * pad), 0)
         mask.paste(glyphs, (pad, pad))
     else:
+        left, top, right, bottom = font.getbbox(text)
         mask = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
         ImageDraw.Draw(mask).text((pad - left, pad - top), text, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
     if vary and rng.random() < 0.6:
