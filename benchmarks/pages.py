@@ -6,6 +6,7 @@ Each line's true outline is its text box rotated with the page.
 
     python benchmarks/pages.py --pages 100
     python benchmarks/pages.py --pages 40 --line-tilt 1.5   # each line drifting by its own angle
+    python benchmarks/pages.py --pages 100 --columns 2 --heading   # two columns under a heading
     python benchmarks/pages.py --pages 30 --model BUNDLE   # also page CER against line CER
 
 With `--model`, each page is read whole (`Recognizer.read_page`) and its text compared with the true
@@ -26,6 +27,8 @@ def main():
     parser.add_argument("--model", help="bundle: also measure page CER and line CER")
     parser.add_argument("--spacing", default="1.5,2.3", help="range of line spacing in font sizes; 1.1,1.35 makes lines touch")
     parser.add_argument("--line-tilt", type=float, default=0.0, help="turn each line by its own angle, up to this many degrees either way")
+    parser.add_argument("--columns", type=int, default=1, help="lines in this many columns, read column by column")
+    parser.add_argument("--heading", action="store_true", help="a line across the page above the columns, read first")
     args = parser.parse_args()
 
     from htr.evaluate import line_detection_scores
@@ -45,7 +48,8 @@ def main():
     found = true = matched = ordered = 0
     seconds = 0.0
     for index in range(args.pages):
-        page = render_page(fonts, random.Random(f"page:{args.seed}:{index}"), spacing=spacing, line_tilt=args.line_tilt)
+        page = render_page(fonts, random.Random(f"page:{args.seed}:{index}"), spacing=spacing, line_tilt=args.line_tilt,
+                           columns=args.columns, heading=args.heading)
         started = time.perf_counter()
         layout = analyse(page.image)
         seconds += time.perf_counter() - started
@@ -60,7 +64,7 @@ def main():
             line_hyp.extend(r.text for r in recognizer.recognize(true_line_crops(page)))
             line_ref.extend(page.texts)
     print(f"# line detection: {args.pages} synthetic pages in {args.fonts} fonts (seed {args.seed}), line spacing {args.spacing} font sizes, "
-          f"lines tilted up to {args.line_tilt} degrees, IoU >= 0.5")
+          f"lines tilted up to {args.line_tilt} degrees, {args.columns} column(s){' under a heading' if args.heading else ''}, IoU >= 0.5")
     print("| pages | true lines | found lines | precision | recall | pages in reading order | s/page |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {args.pages} | {true} | {found} | {matched / max(found, 1):.3f} | {matched / max(true, 1):.3f} | "

@@ -82,17 +82,30 @@ def record_inputs(bundle_dir: Path, images: Sequence, settings: QuantizeSettings
 
 
 def _reader(feeds: List[Dict[str, np.ndarray]]):
+    """Return a calibration reader over the recorded feeds. For `set_range` its items are groups of feeds with the same
+    shapes: onnxruntime's histogram calibrators (entropy, percentile) stack each tensor over what one collection ran."""
     from onnxruntime.quantization import CalibrationDataReader
+
+    groups: Dict[tuple, List[Dict[str, np.ndarray]]] = {}
+    for feed in feeds:
+        groups.setdefault(tuple((name, value.shape) for name, value in sorted(feed.items())), []).append(feed)
+    ordered = list(groups.values())
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self._items: Iterator = iter(feeds)
+            self.set_range(0, len(ordered))
+
+        def __len__(self):
+            return len(ordered)
+
+        def set_range(self, start_index: int, end_index: int):
+            self._items: Iterator = iter([feed for group in ordered[start_index:end_index] for feed in group])
 
         def get_next(self):
             return next(self._items, None)
 
         def rewind(self):
-            self._items = iter(feeds)
+            self.set_range(0, len(ordered))
 
     return Reader()
 
@@ -192,6 +205,10 @@ def quantize_graph(source: Path, target: Path, feeds: Optional[List[Dict[str, np
     # No CalibMaxIntermediateOutputs: onnxruntime (1.32) drops, not merges, what it collected each time it reaches that
     # many runs, so ranges came from the last few feeds only (and none when their count was a multiple). MinMax keeps
     # only each tensor's reduced min and max per run, which is small.
+    if settings.method != "minmax":
+        # histograms are collected one group of same-shaped feeds at a time and merged ("strided" collection works for
+        # every calibrator despite its name); all at once, onnxruntime would stack tensors of different shapes
+        extra["CalibStridedMinMax"] = 1
     try:
         quantize_static(
             str(source), str(target), _reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(settings.op_types),
@@ -202,7 +219,6 @@ def quantize_graph(source: Path, target: Path, feeds: Optional[List[Dict[str, np
     except ValueError as e:
         if settings.method == "minmax":
             raise
-        # onnxruntime's histogram collector stacks each tensor's values over the runs, which differ in shape here
         raise ExportError(f"{settings.method} calibration failed on {source.name} ({e}); use --calibration-method minmax") from e
     if settings.fuse_bias:
         fuse_quantized_bias(target)

@@ -53,7 +53,7 @@ def _row(path: str, result, seconds: float) -> dict:
     """Return the JSON row of one input: a line's text, or a page's lines with their boxes."""
     if hasattr(result, "lines"):
         lines = [{"box": list(line.box), "polygon": [list(p) for p in line.polygon], "text": line.text, "score": line.score,
-                  "tokens": list(line.tokens)} for line in result.lines]
+                  "tokens": list(line.tokens), "region": line.region} for line in result.lines]
         return {"path": path, "layout": "page", "text": result.text, "width": result.width, "height": result.height,
                 "rotation": round(result.rotation, 2), "lines": lines, "seconds": round(seconds, 4)}
     return {"path": path, "layout": "line", "text": result.text, "score": result.score, "tokens": list(result.tokens), "seconds": round(seconds, 4)}

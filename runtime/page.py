@@ -7,13 +7,18 @@ The steps, each a small function:
 2. `binarize`: Otsu's threshold on that map, with a floor so that a blank page finds no ink,
    and a 3x3 opening that removes noise specks;
 3. `estimate_skew`: the angle (within +-MAX_SKEW degrees) whose horizontal ink profile is sharpest;
-4. `find_bands`: in the deskewed page, the rows' ink profile, smoothed at the scale of the line
-   spacing (read from the profile's autocorrelation), split at its valleys into line bands;
-5. `follow_line`: each band's line is followed strip by strip, since handwritten lines drift, each
+4. `find_regions`: the deskewed page cut into text regions (columns, and blocks above or below
+   them) at blank gutters and breaks measured in line spacings (read from the rows' ink
+   profile's autocorrelation): a recursive XY cut;
+5. `find_bands`: in each region, the rows' ink profile, smoothed at the scale of the line
+   spacing, split at its valleys into line bands;
+6. `follow_line`: each band's line is followed strip by strip, since handwritten lines drift, each
    with its own slope; the ink along it is trimmed, and its outline (a parallelogram along the
    line's slope) is mapped back to the page as `polygon`, with its axis-aligned `box`.
 
-Reading order is top to bottom (one column of text).
+Reading order: regions as the cuts give them (columns left to right, blocks top to bottom), and
+each region's lines top to bottom. A region is a column only where a blank gutter runs from its top
+to its bottom, so a table or form read this way comes column by column.
 """
 
 from dataclasses import dataclass
@@ -30,15 +35,19 @@ LINE_MARGIN_X = 0.4  # ... and this share left and right (line images in trainin
 MAX_INK_SHARE = 0.3  # a page more inked than this is noise or a photograph, not writing: no lines are found
 VALLEY_SHARE = 0.5  # two lines need a valley in the row profile below this share of the lower peak
 RULE_SHARE = 0.5  # rows or columns inked over more than this share are rules, borders or edges, not writing
+MIN_GUTTER = 0.75  # blank columns at least this many line spacings wide, top to bottom of a block, part text columns
+MIN_BREAK = 1.0  # blank rows at least this many line spacings high part blocks (a heading over columns)
 
 
 @dataclass(frozen=True)
 class LineRegion:
     """One text line on the page: its axis-aligned box (left, top, right, bottom) and its outline (top-left, top-right,
-    bottom-right, bottom-left: a parallelogram along the line, rotated with the page), in page pixels."""
+    bottom-right, bottom-left: a parallelogram along the line, rotated with the page), in page pixels; `region`
+    numbers the text region (column or block) it belongs to, in reading order."""
 
     box: Tuple[int, int, int, int]
     polygon: Tuple[Tuple[int, int], ...]
+    region: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,12 +138,73 @@ def line_spacing(profile: np.ndarray) -> Optional[float]:
     return float(lag)
 
 
-def find_bands(mask: np.ndarray) -> List[Tuple[int, int]]:
-    """Return (top, bottom) row ranges of the text lines of an upright ink mask."""
+def _blank_runs(profile: np.ndarray, least: float) -> List[Tuple[int, int]]:
+    """Return the (start, end) runs of a profile's near-empty entries at least `least` long, between its first and last ink."""
+    blank = profile <= 0.01 * profile.max()  # a speck or a stray descender tip does not fill a gap
+    edges = np.diff(np.concatenate([[0], blank.astype(np.int8), [0]]))
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    return [(int(a), int(b)) for a, b in zip(starts, ends) if a > 0 and b < len(profile) and b - a >= least]
+
+
+Region = Tuple[int, int, int, int]  # top, bottom, left, right
+
+
+def _ink_height(block: np.ndarray) -> int:
+    rows = np.nonzero(block.any(axis=1))[0]
+    return int(rows[-1] - rows[0] + 1) if rows.size else 0
+
+
+def _columns(block: np.ndarray, spacing: float) -> List[Tuple[int, int]]:
+    """Return the gutters between the text columns of a block (column ranges), none if it is one column.
+
+    Every column must be taller than one line (1.5 spacings): a piece no taller sits in its line's
+    gap between words (however wide: a drifting line's last word), or is a speck or a page edge,
+    and joins its neighbour across the narrower of its gutters.
+    """
+    gutters = _blank_runs(block.sum(axis=0), MIN_GUTTER * spacing)
+    while gutters:
+        edges = [0] + [(a + b) // 2 for a, b in gutters] + [block.shape[1]]
+        short = next((k for k in range(len(edges) - 1) if _ink_height(block[:, edges[k] : edges[k + 1]]) <= 1.5 * spacing), None)
+        if short is None:
+            break
+        sides = [k for k in (short - 1, short) if 0 <= k < len(gutters)]  # the gutters left and right of piece `short`
+        del gutters[min(sides, key=lambda k: gutters[k][1] - gutters[k][0])]
+    return gutters
+
+
+def find_regions(mask: np.ndarray, spacing: float) -> List[Region]:
+    """Return the text regions of an upright ink mask in reading order, cutting at gutters and breaks (`spacing`: between lines)."""
+    return _cut(mask, (0, mask.shape[0], 0, mask.shape[1]), spacing)
+
+
+def _cut(mask: np.ndarray, region: Region, spacing: float) -> List[Region]:
+    top, bottom, left, right = region
+    block = mask[top:bottom, left:right]
+    rows, columns = np.nonzero(block.any(axis=1))[0], np.nonzero(block.any(axis=0))[0]
+    if rows.size == 0:
+        return []
+    top, bottom, left, right = top + int(rows[0]), top + int(rows[-1]) + 1, left + int(columns[0]), left + int(columns[-1]) + 1
+    block = mask[top:bottom, left:right]
+    gutters = _columns(block, spacing)
+    if gutters:  # columns, left to right
+        edges = [left] + [left + (a + b) // 2 for a, b in gutters] + [right]
+        return [found for a, b in zip(edges, edges[1:]) for found in _cut(mask, (top, bottom, a, b), spacing)]
+    breaks = _blank_runs(block.sum(axis=1), MIN_BREAK * spacing)
+    if breaks:  # blocks, top to bottom; worth keeping apart only where one of them holds columns
+        edges = [top] + [top + (a + b) // 2 for a, b in breaks] + [bottom]
+        blocks = [_cut(mask, (a, b, left, right), spacing) for a, b in zip(edges, edges[1:])]
+        if any(len(found) > 1 for found in blocks):
+            return [found for regions in blocks for found in regions]
+    return [(top, bottom, left, right)]
+
+
+def find_bands(mask: np.ndarray, spacing: Optional[float] = None) -> List[Tuple[int, int]]:
+    """Return (top, bottom) row ranges of the text lines of an upright ink mask (`spacing` between lines: read from it if not given)."""
     profile = mask.sum(axis=1).astype(np.float64)
     if profile.max() <= 0:
         return []
-    spacing = line_spacing(_smooth(profile, 3))
+    if spacing is None:
+        spacing = line_spacing(_smooth(profile, 3))
     inked = np.nonzero(profile > 0)[0]
     if spacing is None:  # one line, or no regular lines: one band around all ink
         return [(int(inked[0]), int(inked[-1]) + 1)]
@@ -249,28 +319,42 @@ def analyse(image: Image.Image) -> Layout:
     mask = binarize(ink_map(np.asarray(small, dtype=np.float32)))
     skew = estimate_skew(mask) if mask.any() else 0.0
     upright = _rotate(mask, skew)
-    centre = (width / 2.0, height / 2.0)
     lines = []
     min_height = max(4, 0.004 * max(upright.shape))
-    for top, bottom in find_bands(upright):
-        slope, pivot, middle = follow_line(upright, top, bottom)
-        reach = _reach(top, bottom)
-        core = (max(0, int(middle - reach) - top), max(1, int(np.ceil(middle + reach)) - top))
-        box = _trim(_straighten(upright, top, bottom, slope, pivot), core)
-        if box is None or box[3] - box[1] < min_height / 2 or box[2] - box[0] < min_height:
-            continue
-        pad_y, pad_x = LINE_MARGIN_Y * (box[3] - box[1]), LINE_MARGIN_X * (box[3] - box[1])
-        left, right = box[0] - pad_x, box[2] + pad_x
-        above, below = top + box[1] - pad_y, top + box[3] + pad_y
-        outline = [(x, y + slope * (x - pivot)) for x, y in ((left, above), (right, above), (right, below), (left, below))]
-        corners = [unrotate(x / scale, y / scale, skew, centre) for x, y in outline]
-        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
-        lines.append(LineRegion(
-            box=(max(0, int(min(xs))), max(0, int(min(ys))), min(width, int(np.ceil(max(xs)))), min(height, int(np.ceil(max(ys))))),
-            polygon=tuple((int(round(x)), int(round(y))) for x, y in corners),
-        ))
+    spacing = line_spacing(_smooth(upright.sum(axis=1).astype(np.float64), 3)) if mask.any() else None
+    regions = find_regions(upright, spacing) if spacing else []
+    if len(regions) < 2:  # one block of text: the whole page
+        regions = [(0, upright.shape[0], 0, upright.shape[1])]
+    for number, (region_top, region_bottom, region_left, region_right) in enumerate(regions):
+        part = upright[region_top:region_bottom, region_left:region_right]
+        for top, bottom in find_bands(part, spacing):
+            slope, pivot, middle = follow_line(part, top, bottom)
+            reach = _reach(top, bottom)
+            core = (max(0, int(middle - reach) - top), max(1, int(np.ceil(middle + reach)) - top))
+            box = _trim(_straighten(part, top, bottom, slope, pivot), core)
+            if box is None or box[3] - box[1] < min_height / 2 or box[2] - box[0] < min_height:
+                continue
+            pad_y, pad_x = LINE_MARGIN_Y * (box[3] - box[1]), LINE_MARGIN_X * (box[3] - box[1])
+            left, right = box[0] - pad_x, box[2] + pad_x
+            above, below = top + box[1] - pad_y, top + box[3] + pad_y
+            outline = [(region_left + x, region_top + y + slope * (x - pivot))
+                       for x, y in ((left, above), (right, above), (right, below), (left, below))]
+            lines.append(_on_page(outline, scale, skew, (width, height), number))
     deskewed = image.rotate(skew, resample=Image.Resampling.BICUBIC, fillcolor=(255, 255, 255)) if skew else image
     return Layout(lines, skew, (width, height), deskewed)
+
+
+def _on_page(outline: List[Tuple[float, float]], scale: float, skew: float, size: Tuple[int, int], region: int) -> LineRegion:
+    """Return the line of text region `region` whose outline, in the upright analysis image, is `outline`, in the page's own pixels."""
+    width, height = size
+    centre = (width / 2.0, height / 2.0)
+    corners = [unrotate(x / scale, y / scale, skew, centre) for x, y in outline]
+    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+    return LineRegion(
+        box=(max(0, int(min(xs))), max(0, int(min(ys))), min(width, int(np.ceil(max(xs)))), min(height, int(np.ceil(max(ys))))),
+        polygon=tuple((int(round(x)), int(round(y))) for x, y in corners),
+        region=region,
+    )
 
 
 def unrotate(x: float, y: float, angle: float, centre: Tuple[float, float]) -> Tuple[float, float]:

@@ -14,37 +14,46 @@ def _points(polygon) -> str:
     return " ".join(f"{max(0, int(x))},{max(0, int(y))}" for x, y in polygon)
 
 
+def _outline(polygons, width: int, height: int) -> str:
+    """Return the points of the box around polygons, within the page."""
+    xs, ys = [x for polygon in polygons for x, _ in polygon], [y for polygon in polygons for _, y in polygon]
+    left, top, right, bottom = max(0, min(xs)), max(0, min(ys)), min(width, max(xs)), min(height, max(ys))
+    return _points(((left, top), (right, top), (right, bottom), (left, bottom)))
+
+
 def page_xml(page, image_name: str) -> str:
-    """Return `page` as a PAGE XML document: one text region holding the lines in reading order."""
+    """Return `page` as a PAGE XML document: a text region per column or block, in reading order, holding its lines in order."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    lines = []
+    regions = {}
     for i, line in enumerate(page.lines):
-        confidence = min(1.0, max(0.0, math.exp(line.score)))
-        lines.append(
-            f'      <TextLine id="l{i}">\n'
-            f'        <Coords points="{_points(line.polygon)}"/>\n'
-            f'        <TextEquiv conf="{confidence:.4f}"><Unicode>{escape(line.text)}</Unicode></TextEquiv>\n'
-            f"      </TextLine>\n"
-        )
-    region = ""
-    if page.lines:
-        xs = [x for line in page.lines for x, _ in line.polygon]
-        ys = [y for line in page.lines for _, y in line.polygon]
-        left, top = max(0, min(xs)), max(0, min(ys))
-        right, bottom = min(page.width, max(xs)), min(page.height, max(ys))
-        corners = ((left, top), (right, top), (right, bottom), (left, bottom))
-        region = (
-            '    <ReadingOrder><OrderedGroup id="ro0"><RegionRefIndexed index="0" regionRef="r0"/></OrderedGroup></ReadingOrder>\n'
-            f'    <TextRegion id="r0" type="paragraph">\n      <Coords points="{_points(corners)}"/>\n'
+        regions.setdefault(line.region, []).append((i, line))
+    order, blocks = [], []
+    for index, (number, members) in enumerate(regions.items()):
+        order.append(f'<RegionRefIndexed index="{index}" regionRef="r{number}"/>')
+        lines = []
+        for i, line in members:
+            confidence = min(1.0, max(0.0, math.exp(line.score)))
+            lines.append(
+                f'      <TextLine id="l{i}">\n'
+                f'        <Coords points="{_points(line.polygon)}"/>\n'
+                f'        <TextEquiv conf="{confidence:.4f}"><Unicode>{escape(line.text)}</Unicode></TextEquiv>\n'
+                f"      </TextLine>\n"
+            )
+        text = "\n".join(line.text for _, line in members)
+        blocks.append(
+            f'    <TextRegion id="r{number}" type="paragraph">\n'
+            f'      <Coords points="{_outline([line.polygon for _, line in members], page.width, page.height)}"/>\n'
             + "".join(lines)
-            + f"      <TextEquiv><Unicode>{escape(page.text)}</Unicode></TextEquiv>\n    </TextRegion>\n"
+            + f"      <TextEquiv><Unicode>{escape(text)}</Unicode></TextEquiv>\n    </TextRegion>\n"
         )
+    reading = f'    <ReadingOrder><OrderedGroup id="ro0">{"".join(order)}</OrderedGroup></ReadingOrder>\n' if order else ""
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<PcGts xmlns="{PAGE_NAMESPACE}">\n'
         f"  <Metadata><Creator>htr</Creator><Created>{now}</Created><LastChange>{now}</LastChange></Metadata>\n"
         f"  <Page imageFilename={quoteattr(image_name)} imageWidth=\"{page.width}\" imageHeight=\"{page.height}\">\n"
-        + region
+        + reading
+        + "".join(blocks)
         + "  </Page>\n</PcGts>\n"
     )
 

@@ -28,13 +28,15 @@ class Recognition:
 
 @dataclass(frozen=True)
 class PageLine:
-    """One line of a page: where it is (axis-aligned box and rotated outline, page pixels) and what was read."""
+    """One line of a page: where it is (axis-aligned box and rotated outline, page pixels), what was read, and the
+    text region (column or block, numbered in reading order) it belongs to."""
 
     box: Tuple[int, int, int, int]
     polygon: Tuple[Tuple[int, int], ...]
     text: str
     score: float
     tokens: Tuple[int, ...]
+    region: int = 0
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,8 @@ class Recognizer:
         layout = layout or analyse(picture)
         crops = crop_lines(layout)
         results = self.recognize(crops, beams=beams, batch_size=batch_size, max_length=max_length, options=options) if crops else []
-        lines = [PageLine(region.box, region.polygon, r.text, r.score, r.tokens) for region, r in zip(layout.lines, results)]
+        lines = [PageLine(found.box, found.polygon, r.text, r.score, r.tokens, found.region)
+                 for found, r in zip(layout.lines, results)]
         return Page(picture.width, picture.height, layout.skew, lines)
 
     def _start_decoder(self, images: Sequence[ImageInput]) -> _CachedDecoder:

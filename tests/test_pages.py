@@ -75,6 +75,17 @@ def test_drifting_lines_are_followed_and_cut_level(fonts, seed):
         assert abs(crop.width - np.hypot(x1 - x0, y1 - y0)) < 3 and abs(crop.height - np.hypot(x3 - x0, y3 - y0)) < 3
 
 
+@pytest.mark.parametrize("seed,columns", [(31, 2), (32, 2), (33, 3)])
+def test_columns_are_read_one_after_another(fonts, seed, columns):
+    """A heading across the page, then columns: every line is found, each within its column, heading first and column by column."""
+    page = _page(fonts, seed, columns=columns, heading=True)
+    layout = analyse(page.image)
+    scores = line_detection_scores([line.polygon for line in layout.lines], page.polygons, page.image.size)
+    assert scores["recall"] >= 0.95 and scores["precision"] >= 0.95, (len(layout.lines), len(page.polygons))
+    assert scores["in_order"]
+    assert [scores["matches"][i] for i in sorted(scores["matches"])][0] == 0  # the heading comes first
+
+
 def test_blank_noise_and_tiny_pages():
     blank = Image.new("RGB", (1200, 900), (238, 232, 220))
     assert analyse(blank).lines == []
@@ -99,15 +110,17 @@ def test_read_page_api(fonts, exported):
 
 def test_htr_run_page_outputs(fonts, exported, tmp_path):
     bundle = exported("vit-roberta")[1]
-    page = _page(fonts, 22, lines=3)
+    page = _page(fonts, 22, lines=3, columns=2, heading=True)
     path = tmp_path / "page.png"
     page.image.save(path)
     result = CliRunner().invoke(main, [str(path), "--model", str(bundle), "--format", "jsonl", "--max-length", "8",
                                        "--page-xml", str(tmp_path / "page.xml"), "--overlay", str(tmp_path / "overlay.png")])
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)
-    assert row["layout"] == "page" and len(row["lines"]) == 3
+    assert row["layout"] == "page" and len(row["lines"]) == 7
     assert all(len(line["box"]) == 4 and len(line["polygon"]) == 4 for line in row["lines"])
+    regions = [line["region"] for line in row["lines"]]
+    assert regions == sorted(regions) and len(set(regions)) >= 2  # the columns (the heading has its own or heads the first)
 
     overlay = Image.open(tmp_path / "overlay.png").convert("RGB")
     assert overlay.size == page.image.size
@@ -115,7 +128,7 @@ def test_htr_run_page_outputs(fonts, exported, tmp_path):
     assert np.sum((red[..., 0] > 200) & (red[..., 1] < 60) & (red[..., 2] < 60)) > 100  # the boxes are drawn
 
     xml = (tmp_path / "page.xml").read_text(encoding="utf-8")
-    assert xml.count("<TextLine ") == 3
+    assert xml.count("<TextLine ") == 7 and xml.count("<TextRegion ") == xml.count("<RegionRefIndexed ") == len(set(regions))
     if not SCHEMA.is_file():
         pytest.skip(f"PAGE schema not found at {SCHEMA} (../shared absent); the XML was not validated")
     lxml = pytest.importorskip("lxml.etree")

@@ -80,6 +80,31 @@ def test_quantized_bundles_load_run_and_shrink(exported, lines, tmp_path, mode, 
     assert all(isinstance(r.text, str) and len(r.tokens) <= 9 for r in results)
 
 
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_takes_inputs_of_every_shape(exported, lines, tmp_path, method):
+    """Entropy and percentile calibration see the recorded runs (decoder caches of every length) and set their own ranges."""
+    from htr.export.quantize import QuantizeSettings, quantize_bundle
+
+    _, fp32 = exported("vit-roberta")
+    images = [str(p) for p in lines]
+    quantize_bundle(fp32, tmp_path / "minmax", QuantizeSettings(), images, log=lambda m: None)
+    quantize_bundle(fp32, tmp_path / method, QuantizeSettings(method=method), images, log=lambda m: None)
+
+    def scales(folder):
+        graph = onnx.load(str(folder / "decoder.onnx")).graph
+        constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+        return {n.input[0]: float(constants[n.input[1]]) for n in graph.node
+                if n.op_type == "QuantizeLinear" and n.input[1] in constants and constants[n.input[1]].size == 1}
+
+    found, minmax = scales(tmp_path / method), scales(tmp_path / "minmax")
+    assert found.keys() == minmax.keys() and len(found) > 10
+    assert all(found[k] <= minmax[k] * 1.01 for k in found), {k: (found[k], minmax[k]) for k in found}  # within min and max
+    if method == "entropy":  # (the 99.999th percentile of so few values is their maximum)
+        assert sum(found[k] < minmax[k] * 0.99 for k in found) > len(found) // 4  # clipped where the histogram says so
+    results = Recognizer(tmp_path / method).recognize(images[:2], beams=2, max_length=10)
+    assert all(isinstance(r.text, str) for r in results)
+
+
 def _labelled(folder, paths, texts):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "labels.tsv").write_text("".join(f"{p}\t{t}\n" for p, t in zip(paths, texts)), encoding="utf-8")

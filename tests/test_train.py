@@ -114,6 +114,11 @@ def test_demo_architecture_trains_on_synthetic_lines(tmp_path):
     assert latest["global_step"] == 14 and (out / "latest" / "preprocessor_config.json").is_file()
     losses = _losses(out)
     assert losses and all(math.isfinite(x) for x in losses) and json.loads((out / "config.json").read_text())["encoder"]["image_size"] == [32, 384]
+    # going on from it keeps the CTC loss without being told
+    more = CliRunner().invoke(main, [str(tmp_path / "more"), "--from", str(out), "--synthetic", "--steps", "2", "--batch-size", "4",
+                                     "--eval-every", "2", "--eval-lines", "4"])
+    assert more.exit_code == 0, more.output
+    assert "CTC head goes on" in more.stderr and (tmp_path / "more" / "ctc_head.safetensors").is_file()
 
 
 def test_train_needs_exactly_one_start(tmp_path):

@@ -28,7 +28,8 @@ from htr.errors import HtrError
 @click.option("--eval-every", type=click.IntRange(min=1), default=500, show_default=True, help="Steps between CER evaluations and checkpoints.")
 @click.option("--eval-lines", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--bf16", is_flag=True, help="Mixed precision (bf16 autocast). On CPU it pays only with AVX512-BF16 or AMX; on AVX2-only CPUs it is about 30x slower than fp32.")
-@click.option("--ctc", "ctc_weight", type=click.FloatRange(min=0), help="Weight of an auxiliary CTC loss on the encoder output (training only; dropped from the saved model). Default: 0.5 with --demo, else 0.")
+@click.option("--ctc", "ctc_weight", type=click.FloatRange(min=0), help="Weight of an auxiliary CTC loss on the encoder output (training only; dropped from the saved model). "
+                   "Default: 0.5 with --demo or when --from holds a CTC head from an earlier run, else 0.")
 @click.option("--resume", is_flag=True, help="Go on from the newest checkpoint in OUT_DIR/checkpoints.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(out_dir, source, demo, folders, synthetic, alphabet, freeze_encoder, steps, batch_size, learning_rate, lr_schedule, warmup_steps, workers, eval_every, eval_lines, bf16, ctc_weight, resume, seed):
@@ -36,7 +37,7 @@ def main(out_dir, source, demo, folders, synthetic, alphabet, freeze_encoder, st
     from .model import ENGLISH, char_tokenizer, demo_image_processor, demo_model, swap_tokenizer
     from htr.evaluate import read_labels
 
-    from .trainer import LineDataset, TrainSettings, preprocessing_of, train
+    from .trainer import CTC_HEAD_FILE, LineDataset, TrainSettings, preprocessing_of, train
 
     try:
         if bool(source) == demo:
@@ -71,9 +72,11 @@ def main(out_dir, source, demo, folders, synthetic, alphabet, freeze_encoder, st
         else:
             eval_data = LineDataset(tokenizer, pre, synthetic=eval_generator, size=eval_lines) if eval_generator else None
         train_data = LineDataset(tokenizer, pre, labelled=labelled, synthetic=generator, size=steps * batch_size)
+        if ctc_weight is None:  # a run going on from one trained with CTC keeps it
+            ctc_weight = 0.5 if demo or (source and not alphabet and (Path(source) / CTC_HEAD_FILE).is_file()) else 0.0
         settings = TrainSettings(out_dir=out_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate, lr_schedule=lr_schedule, warmup_steps=warmup_steps, workers=workers,
                                  eval_every=eval_every, save_every=eval_every, eval_lines=eval_lines, bf16=bf16, seed=seed,
-                                 ctc_weight=(0.5 if demo else 0.0) if ctc_weight is None else ctc_weight,
+                                 ctc_weight=ctc_weight,
                                  ctc_head_from=Path(source) if source and Path(source).is_dir() else None)
         train(model, tokenizer, image_processor, train_data, eval_data, settings, resume=resume)
     except HtrError as e:

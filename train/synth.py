@@ -236,13 +236,17 @@ class PageSample:
 
 
 def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = None, max_skew: float = 5.0,
-                spacing: Tuple[float, float] = (1.5, 2.3), line_tilt: float = 0.0) -> PageSample:
+                spacing: Tuple[float, float] = (1.5, 2.3), line_tilt: float = 0.0, columns: int = 1,
+                heading: bool = False) -> PageSample:
     """Return a page of handwritten lines in one font: margins, uneven paper, noise, optional ruling, rotated by up to `max_skew` degrees.
 
     `spacing` is the range of the distance between lines in font sizes; below about 1.3 ascenders
     and descenders of neighbouring lines touch. `line_tilt` turns each line by its own angle, up to
     that many degrees either way, as lines drift on an unruled handwritten page, but never so far
-    that its ends come closer to a neighbouring line than 0.2 of the gap between them.
+    that its ends come closer to a neighbouring line than 0.2 of the gap between them. `columns` sets
+    the lines in that many columns side by side, 2-5 font sizes apart, each with its own number of
+    lines; `heading` writes a line across the page above them, 2-3 line spacings higher. Lines come
+    in reading order: the heading, then column by column.
     """
     font_choice = rng.choice(fonts)
     size = rng.randint(28, 52)
@@ -251,17 +255,26 @@ def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = No
     count = lines or rng.randint(3, 14)
     width = rng.randint(1100, 1700)
     margin_x, margin_y = rng.randint(40, 160), rng.randint(40, 160)
-    height = 2 * margin_y + spacing * count + size
+    counts = [count] + [lines or rng.randint(3, 14) for _ in range(columns - 1)]
+    gutter = int(size * rng.uniform(2.0, 5.0)) if columns > 1 else 0
+    first = margin_y + (int(spacing * rng.uniform(2.0, 3.0)) if heading else 0)  # the first row of the columns
+    # each line's place in reading order: (left, top, widest text), a line starting up to 30 pixels right of its left
+    room = (width - 2 * margin_x - gutter * (columns - 1)) // columns
+    slots = [(margin_x, margin_y, width - 2 * margin_x)] if heading else []
+    slots += [(margin_x + c * (room + gutter), first + i * spacing, room - 30 if columns > 1 else room)
+              for c in range(columns) for i in range(counts[c])]
+    rows = sorted({top for _, top, _ in slots} | {first + max(counts) * spacing})
+    height = first + spacing * max(counts) + size + margin_y
     mask = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(mask)
     texts, outlines = [], []
-    for i in range(count):
+    for slot_x, slot_y, widest in slots:
         text = " ".join(random_text(rng) for _ in range(2))
         text = text.upper() if font_choice.capitals == "yes" else text
-        while text and font.getbbox(text)[2] > width - 2 * margin_x:
+        while text and font.getbbox(text)[2] > widest:
             text = text.rsplit(" ", 1)[0] if " " in text else text[:-1]
-        x = margin_x + rng.randint(0, 30)
-        y = margin_y + i * spacing + rng.randint(-size // 10, size // 10)
+        x = slot_x + rng.randint(0, 30)
+        y = slot_y + rng.randint(-size // 10, size // 10)
         left, top, right, bottom = draw.textbbox((x, y), text, font=font)
         corners = ((left, top), (right, top), (right, bottom), (left, bottom))
         tilt = rng.uniform(-line_tilt, line_tilt) if line_tilt else 0.0
@@ -285,8 +298,8 @@ def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = No
     page = paper[None, None, :] * light + np_rng.normal(0, rng.uniform(1, 8), size=(height, width, 1)).astype(np.float32)
     if rng.random() < 0.4:  # ruled paper under the lines
         rule = np.array([150, 170, 215], dtype=np.float32)
-        for i in range(count + 1):
-            y = margin_y + i * spacing + int(size * 1.15)
+        for row in rows:
+            y = row + int(size * 1.15)
             if 0 <= y < height:
                 page[y] = page[y] * 0.45 + rule * 0.55
     alpha = (np.asarray(mask, dtype=np.float32) / 255.0 * rng.uniform(0.7, 1.0))[:, :, None]
