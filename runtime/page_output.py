@@ -14,21 +14,26 @@ def _points(polygon) -> str:
     return " ".join(f"{max(0, int(x))},{max(0, int(y))}" for x, y in polygon)
 
 
-def _outline(polygons, width: int, height: int) -> str:
-    """Return the points of the box around polygons, within the page."""
+def _box(polygons, width: int, height: int):
+    """Return the corners of the box around polygons, within the page."""
     xs, ys = [x for polygon in polygons for x, _ in polygon], [y for polygon in polygons for _, y in polygon]
     left, top, right, bottom = max(0, min(xs)), max(0, min(ys)), min(width, max(xs)), min(height, max(ys))
-    return _points(((left, top), (right, top), (right, bottom), (left, bottom)))
+    return (left, top), (right, top), (right, bottom), (left, bottom)
+
+
+def _regions(page) -> dict:
+    """Return the page's lines by region number, in reading order, each as (index on the page, line)."""
+    regions = {}
+    for i, line in enumerate(page.lines):
+        regions.setdefault(line.region, []).append((i, line))
+    return regions
 
 
 def page_xml(page, image_name: str) -> str:
     """Return `page` as a PAGE XML document: a text region per column or block, in reading order, holding its lines in order."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    regions = {}
-    for i, line in enumerate(page.lines):
-        regions.setdefault(line.region, []).append((i, line))
     order, blocks = [], []
-    for index, (number, members) in enumerate(regions.items()):
+    for index, (number, members) in enumerate(_regions(page).items()):
         order.append(f'<RegionRefIndexed index="{index}" regionRef="r{number}"/>')
         lines = []
         for i, line in members:
@@ -42,7 +47,7 @@ def page_xml(page, image_name: str) -> str:
         text = "\n".join(line.text for _, line in members)
         blocks.append(
             f'    <TextRegion id="r{number}" type="paragraph">\n'
-            f'      <Coords points="{_outline([line.polygon for _, line in members], page.width, page.height)}"/>\n'
+            f'      <Coords points="{_points(_box([line.polygon for _, line in members], page.width, page.height))}"/>\n'
             + "".join(lines)
             + f"      <TextEquiv><Unicode>{escape(text)}</Unicode></TextEquiv>\n    </TextRegion>\n"
         )
@@ -59,9 +64,15 @@ def page_xml(page, image_name: str) -> str:
 
 
 def draw_overlay(image: Image.Image, page, font_size: Optional[int] = None) -> Image.Image:
-    """Return a copy of the page with each line's outline drawn and its recognised text written above it."""
+    """Return a copy of the page with each line's outline drawn and its recognised text written above it, and where the
+    page has several text regions (columns, blocks), a box around each."""
     picture = image.convert("RGB").copy()
     draw = ImageDraw.Draw(picture)
+    regions = _regions(page)
+    if len(regions) > 1:
+        for members in regions.values():
+            thickness = max(2, (members[0][1].box[3] - members[0][1].box[1]) // 15)
+            draw.polygon(_box([line.polygon for _, line in members], picture.width, picture.height), outline=(30, 90, 220), width=thickness)
     for i, line in enumerate(page.lines):
         height = max(10, line.box[3] - line.box[1])
         font = ImageFont.load_default(size=font_size or max(10, int(height * 0.45)))

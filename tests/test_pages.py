@@ -126,6 +126,7 @@ def test_htr_run_page_outputs(fonts, exported, tmp_path):
     assert overlay.size == page.image.size
     red = np.asarray(overlay)
     assert np.sum((red[..., 0] > 200) & (red[..., 1] < 60) & (red[..., 2] < 60)) > 100  # the boxes are drawn
+    assert np.sum((red[..., 0] < 60) & (red[..., 1] < 120) & (red[..., 2] > 200)) > 100  # and the columns' boxes
 
     xml = (tmp_path / "page.xml").read_text(encoding="utf-8")
     assert xml.count("<TextLine ") == 7 and xml.count("<TextRegion ") == xml.count("<RegionRefIndexed ") == len(set(regions))
