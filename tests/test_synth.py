@@ -33,6 +33,17 @@ def test_font_split_is_by_family_and_respected():
         synth.load_fonts("test")
 
 
+def test_fonts_from_pypi_packages_are_found_inside_them():
+    # A relative path in fonts.tsv lies inside the Python package it names first (PyPI font packages).
+    assert synth._installed_path("/usr/share/fonts/x.ttf") == "/usr/share/fonts/x.ttf"
+    assert synth.Path(synth._installed_path("htr/models/default/manifest.json")).is_file()
+    assert synth._installed_path("no_such_font_package/files/X.ttf") == ""
+    pypi = [f for f in fonts_or_skip("train") if f.package.startswith("pypi:")]
+    if not pypi:
+        pytest.skip("the PyPI font packages of train/fonts.tsv are not installed (pip install '.[export]')")
+    assert all(synth.Path(f.path).is_file() and f.path.endswith(".ttf") for f in pypi)
+
+
 def test_texts_mix_words_numbers_punctuation_and_case():
     import random
 

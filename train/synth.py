@@ -6,6 +6,7 @@ used for `eval` lines.
 """
 
 import csv
+import importlib.util
 import io
 import random
 from dataclasses import dataclass
@@ -38,11 +39,24 @@ def load_fonts(split: str) -> List[Font]:
     if split not in SPLITS:
         raise HtrError(f"font split must be one of {', '.join(SPLITS)}, got {split!r}")
     rows = [line for line in FONTS_TSV.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
-    fonts = [Font(**row) for row in csv.DictReader(rows, delimiter="\t")]
+    fonts = [Font(**{**row, "path": _installed_path(row["path"])}) for row in csv.DictReader(rows, delimiter="\t")]
     chosen = [f for f in fonts if f.split == split and Path(f.path).is_file()]
     if not chosen:
-        raise HtrError(f"no {split} font is installed; run scripts/install-fonts.sh (Debian packages listed in {FONTS_TSV})")
+        raise HtrError(f"no {split} font is installed; run scripts/install-fonts.sh and pip install '.[export]' (packages listed in {FONTS_TSV})")
     return chosen
+
+
+def _installed_path(path: str) -> str:
+    """Return where a font of fonts.tsv lies: an absolute path as it is (a Debian package's file), a relative one
+    inside the Python package it names first (a PyPI font package's file, e.g. `font_intuitive/files/Intuitive.ttf`);
+    an empty string when that package is not installed."""
+    if Path(path).is_absolute():
+        return path
+    module, _, rest = path.partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    return str(Path(next(iter(spec.submodule_search_locations))) / rest)
 
 
 @lru_cache(maxsize=1)
