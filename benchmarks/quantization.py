@@ -3,8 +3,9 @@
 For a checkpoint (a trained one, for accuracy: e.g. models/demo) or a real TrOCR architecture
 with random weights (speed and size only), it exports the fp32 bundle once, then quantizes it with
 each configuration and prints one table: bundle size as a share of fp32, seconds per line
-(4 beams, batch 1, same lines for all), CER on held-out lines, the CER change in points and the
-share of lines read exactly as fp32 reads them.
+(4 beams, batch 1, same lines for all), CER on held-out lines, the CER change in points with its
+95% interval (paired bootstrap over the lines, as htr-eval) and the share of lines read exactly as
+fp32 reads them.
 
     python benchmarks/quantization.py --model models/demo --eval-lines 200
     python benchmarks/quantization.py --architecture base --steps 32 --lines 4
@@ -57,7 +58,7 @@ def main():
     args = parser.parse_args()
 
     from htr import GenerationOptions, Recognizer
-    from htr.evaluate import agreement, evaluate, read_labels
+    from htr.evaluate import agreement, cer_difference_interval, evaluate, read_labels
     from htr.export.bundle import export_bundle, load_checkpoint
     from htr.export.quantize import QuantizeSettings, evaluation_rows, quantize_bundle
 
@@ -98,13 +99,15 @@ def main():
     base = results["fp32"]
     print(f"# quantization: {model}, {args.threads} threads, 4 beams, batch 1, {len(timed_lines)} timed lines"
           + (f", {args.steps} forced steps" if args.steps else "") + (f"; accuracy on {len(rows)} held-out lines" if rows else ""))
-    print("| bundle | size MB | size / fp32 | s/line | fp32 / this | CER | CER change (points) | identical to fp32 |")
+    print("| bundle | size MB | size / fp32 | s/line | fp32 / this | CER | CER change, points (95% interval) | identical to fp32 |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         accuracy = "| - | - | -"
         if rows:
             ev = r["evaluation"]
-            accuracy = f"| {100 * ev.cer:.2f}% | {100 * (ev.cer - base['evaluation'].cer):+.2f} | {100 * agreement(base['evaluation'], ev):.1f}%"
+            low, high = cer_difference_interval(base["evaluation"], ev, [r[1] for r in rows])
+            change = f"{100 * (ev.cer - base['evaluation'].cer):+.2f} ({low:+.2f} to {high:+.2f})"
+            accuracy = f"| {100 * ev.cer:.2f}% | {change} | {100 * agreement(base['evaluation'], ev):.1f}%"
         print(f"| {name} | {r['bytes'] / 1e6:.1f} | {r['bytes'] / base['bytes']:.3f} | {r['seconds']:.3f} | {base['seconds'] / r['seconds']:.2f}x {accuracy} |")
 
 

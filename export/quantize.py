@@ -279,7 +279,7 @@ def evaluation_rows(folder: Optional[Path], count: int = 100) -> List[tuple]:
 def compare_accuracy(fp32_dir: Path, quantized_dir: Path, rows: Sequence[tuple], log: Callable[[str], None]) -> dict:
     """Return CER of both bundles on `rows`, the increase in points, the share of identical lines and whether it can be judged."""
     from htr import Recognizer
-    from htr.evaluate import agreement, evaluate
+    from htr.evaluate import agreement, cer_difference_interval, evaluate
 
     fp32 = evaluate(Recognizer(fp32_dir), rows)
     quantized = evaluate(Recognizer(quantized_dir), rows)
@@ -288,11 +288,13 @@ def compare_accuracy(fp32_dir: Path, quantized_dir: Path, rows: Sequence[tuple],
         "fp32_cer": fp32.cer,
         "quantized_cer": quantized.cer,
         "cer_increase_points": 100 * (quantized.cer - fp32.cer),
+        "cer_increase_interval_points": cer_difference_interval(fp32, quantized, [r[1] for r in rows]),
         "identical_share": agreement(fp32, quantized),
         "judged": fp32.cer <= UNTRAINED_CER,
     }
     log(f"accuracy on {len(rows)} held-out lines: fp32 CER {100 * fp32.cer:.2f}%, quantized CER {100 * quantized.cer:.2f}% "
-        f"({report['cer_increase_points']:+.2f} points), identical text on {100 * report['identical_share']:.1f}% of lines")
+        f"({report['cer_increase_points']:+.2f} points, 95% interval {report['cer_increase_interval_points'][0]:+.2f} to "
+        f"{report['cer_increase_interval_points'][1]:+.2f}), identical text on {100 * report['identical_share']:.1f}% of lines")
     if not report["judged"]:
         log(f"the fp32 model itself does not read these lines (CER above {100 * UNTRAINED_CER:.0f}%): it is untrained or trained "
             "for other lines, so what quantization costs in accuracy cannot be judged here; pass --eval-data with lines it reads")

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import line_images
 from htr import Recognizer
 from htr.cli import EXIT_BAD_INPUT, EXIT_USAGE, eval_main
-from htr.evaluate import character_error_rate, edit_distance, read_labels, word_error_rate
+from htr.evaluate import Evaluation, cer_difference_interval, character_error_rate, edit_distance, read_labels, word_error_rate
 
 pytest.importorskip("onnxruntime.quantization")
 
@@ -129,7 +129,23 @@ def test_htr_eval_one_and_two_bundles(exported, lines, tmp_path):
 
     two = CliRunner().invoke(eval_main, [str(bundle), str(bundle), str(data)])
     assert two.exit_code == 0, two.output
-    assert "CER +0.00 points; identical text on 100.0% of lines" in two.stdout
+    assert "CER +0.00 points (95% interval +0.00 to +0.00, paired bootstrap over lines); identical text on 100.0% of lines" in two.stdout
+
+
+def test_cer_difference_interval_is_a_paired_bootstrap_over_lines():
+    references = ["abcdefghij"] * 40
+    first = Evaluation(list(references), 0.0, 0.0, 1.0)
+    # One error more on every line: every draw of lines shows the same +10 points.
+    worse = Evaluation(["abcdefghiX"] * 40, 0.1, 0.1, 1.0)
+    assert cer_difference_interval(first, worse, references) == pytest.approx((10.0, 10.0))
+    # One error more on half the lines and one fewer on the other half: no difference these lines can show.
+    mixed_first = Evaluation(["abcdefghiX"] * 20 + list(references[:20]), 0.05, 0.05, 1.0)
+    mixed_second = Evaluation(list(references[:20]) + ["abcdefghiX"] * 20, 0.05, 0.05, 1.0)
+    low, high = cer_difference_interval(mixed_first, mixed_second, references)
+    assert low < -1.0 and high > 1.0
+    # An unreadable image (None) counts as empty output, as in the CER itself.
+    unread = Evaluation([None] + list(references[1:]), 0.025, 0.025, 1.0)
+    assert cer_difference_interval(first, unread, references)[1] > 0
 
 
 def test_htr_eval_without_bundle_measures_the_shipped_one(exported, lines, tmp_path, monkeypatch):
