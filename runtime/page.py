@@ -126,16 +126,15 @@ def line_spacing(profile: np.ndarray) -> Optional[float]:
     if negative.size == 0:
         return None
     start = negative[0]
-    upper = min(len(corr), start * 6)
-    if upper <= start + 1:
-        return None
-    window = corr[start:upper]
-    peaks = [i for i in range(1, len(window) - 1) if window[i] >= window[i - 1] and window[i] >= window[i + 1] and window[i] > 0.05]
-    if not peaks:
-        return None
-    strongest = max(window[i] for i in peaks)
-    lag = start + next(i for i in peaks if window[i] >= 0.6 * strongest)
-    return float(lag)
+    # lines are usually less than 6 line heights apart; a few lines far apart (a letter's date, greeting
+    # and signature, or a page of which only some lines are written) are looked for beyond
+    for upper in (min(len(corr), start * 6), len(corr)):
+        window = corr[start:upper]
+        peaks = [i for i in range(1, len(window) - 1) if window[i] >= window[i - 1] and window[i] >= window[i + 1] and window[i] > 0.05]
+        if peaks:
+            strongest = max(window[i] for i in peaks)
+            return float(start + next(i for i in peaks if window[i] >= 0.6 * strongest))
+    return None
 
 
 def _blank_runs(profile: np.ndarray, least: float) -> List[Tuple[int, int]]:
@@ -209,8 +208,9 @@ def find_bands(mask: np.ndarray, spacing: Optional[float] = None) -> List[Tuple[
     if spacing is None:  # one line, or no regular lines: one band around all ink
         return [(int(inked[0]), int(inked[-1]) + 1)]
     smooth = _smooth(profile, spacing / 3)
-    level = 0.15 * smooth.max()
-    # line centres: local maxima of the smoothed profile above `level`, at least half a spacing apart
+    # line centres: local maxima of the smoothed profile above `level`, at least half a spacing apart; the level is
+    # low, since a short line ("Yours," or a signature) holds a small share of a long line's ink
+    level = 0.05 * smooth.max()
     peaks = []
     for y in np.argsort(-smooth):
         if smooth[y] < level:

@@ -86,6 +86,16 @@ def test_columns_are_read_one_after_another(fonts, seed, columns):
     assert [scores["matches"][i] for i in sorted(scores["matches"])][0] == 0  # the heading comes first
 
 
+@pytest.mark.parametrize("seed", [41, 42])
+def test_lines_far_apart_and_short_lines_are_each_found(fonts, seed):
+    """Three lines 6.5-8 font sizes apart (a date, a greeting, a signature): each is its own line, not one block,
+    and a short one (seed 42: three words over two long lines) is a line too."""
+    page = _page(fonts, seed, lines=3, spacing=(6.5, 8.0))
+    layout = analyse(page.image)
+    scores = line_detection_scores([line.polygon for line in layout.lines], page.polygons, page.image.size)
+    assert len(layout.lines) == 3 and scores["recall"] == 1.0 and scores["in_order"]
+
+
 def test_blank_noise_and_tiny_pages():
     blank = Image.new("RGB", (1200, 900), (238, 232, 220))
     assert analyse(blank).lines == []
