@@ -102,7 +102,8 @@ def real_pages(folder, least: int = 3, margin: int = 60):
     from htr.train.synth import PageSample
 
     folder = Path(folder)
-    texts = {row[0]: row[1] for row in csv.reader(open(folder / "labels.tsv", encoding="utf-8"), delimiter="\t", quoting=csv.QUOTE_NONE)}
+    with open(folder / "labels.tsv", encoding="utf-8") as f:
+        texts = {row[0]: row[1] for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}
     by_page = defaultdict(list)
     with open(folder / "provenance.tsv", encoding="utf-8") as f:
         for row in csv.DictReader(f, delimiter="\t"):
