@@ -179,11 +179,14 @@ def test_export_int8_records_accuracy_and_says_when_it_cannot_judge(exported, li
 
     folder, _ = exported("vit-roberta")
     data = _labelled(tmp_path / "eval", lines, ["Dear Sir, a line it cannot read"] * len(lines))
-    result = CliRunner().invoke(main, [str(folder), str(tmp_path / "int8"), "--int8", "--calibration", str(lines[0].parent), "--eval-data", str(data), "--verify", "1"])
+    result = CliRunner().invoke(main, [str(folder), str(tmp_path / "int8"), "--int8", "--calibration", str(lines[0].parent), "--eval-data", str(data),
+                                       "--eval-lines", "2", "--verify", "1"])
     assert result.exit_code == 0, result.output
-    assert "cannot be judged" in result.stderr
+    assert "cannot be judged" in result.stderr and "accuracy on 2 held-out lines" in result.stderr
     manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
-    assert manifest["precision"] == "int8-static" and manifest["accuracy"]["judged"] is False
+    assert manifest["precision"] == "int8-static" and manifest["accuracy"]["judged"] is False and manifest["accuracy"]["lines"] == 2
+    low, high = manifest["accuracy"]["cer_increase_interval_points"]
+    assert low <= manifest["accuracy"]["cer_increase_points"] <= high
     assert manifest["quantization"]["calibration_lines"] == len(lines)
 
 
