@@ -32,7 +32,7 @@ def default_calibration() -> Path:
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--activations", type=click.Choice(["u8", "s8"]), default="u8", show_default=True, help="Activation type of static int8 (weights are always s8, per channel).")
 @click.option("--eval-data", type=click.Path(exists=True, path_type=Path), help="Labelled lines (folder with labels.tsv) to compare fp32 and quantized accuracy on; never the calibration lines. Default: synthetic lines in the held-out fonts.")
-@click.option("--eval-lines", type=click.IntRange(min=1), default=100, show_default=True, help="How many of those lines to compare on (more narrow the 95% interval of the CER difference, and take longer).")
+@click.option("--eval-lines", type=click.IntRange(min=1), default=100, show_default=True, help="How many of those lines to compare on; more lines narrow the 95% interval of the CER difference and take longer.")
 @click.option("--max-cer-increase", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Fail when the quantized CER is more than this many points above fp32.")
 @click.option("--keep-anyway", is_flag=True, help="Keep the quantized bundle even when it fails --max-cer-increase.")
 @click.option("--verify", "verify_count", type=click.IntRange(min=0), default=4, show_default=True, help="Line images on which to compare the fp32 bundle with PyTorch generate; 0 skips the check.")
