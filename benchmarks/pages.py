@@ -99,11 +99,11 @@ def real_pages(folder, least: int = 3, margin: int = 60):
     import numpy as np
     from PIL import Image
 
+    from htr.evaluate import read_labels
     from htr.train.synth import PageSample
 
     folder = Path(folder)
-    with open(folder / "labels.tsv", encoding="utf-8") as f:
-        texts = {row[0]: row[1] for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}
+    texts = dict(read_labels(folder))  # image path (under folder) -> transcription
     by_page = defaultdict(list)
     with open(folder / "provenance.tsv", encoding="utf-8") as f:
         for row in csv.DictReader(f, delimiter="\t"):
@@ -120,7 +120,8 @@ def real_pages(folder, least: int = 3, margin: int = 60):
         left, top = min(box[0] for _, _, box in lines), min(box[1] for _, _, box in lines)
         place = [tuple(round((v - o) * scale) + margin for v, o in zip(box, (left, top, left, top))) for _, _, box in lines]
         width, height = max(p[2] for p in place) + margin, max(p[3] for p in place) + margin
-        paper = float(np.median([np.median(np.asarray(image)[np.asarray(image) < 255]) for image in images]))
+        grey = [np.asarray(image) for image in images]
+        paper = float(np.median([np.median(pixels[pixels < 255]) for pixels in grey]))
         page = np.full((height, width), paper, dtype=np.float32)
         page += np.random.default_rng(len(pages)).normal(0, 2.0, page.shape).astype(np.float32)
         for image, (x0, y0, x1, y1) in zip(images, place):
@@ -130,7 +131,7 @@ def real_pages(folder, least: int = 3, margin: int = 60):
             region[written] = np.minimum(region[written], pixels[written])
         polygons = [((x0, y0), (x1, y0), (x1, y1), (x0, y1)) for x0, y0, x1, y1 in place]
         image = Image.fromarray(np.clip(page, 0, 255).astype(np.uint8), "L").convert("RGB")
-        pages.append(PageSample(image, [texts[name] for _, name, _ in lines], polygons, 0.0))
+        pages.append(PageSample(image, [texts[str(folder / name)] for _, name, _ in lines], polygons, 0.0))
     return pages
 
 
