@@ -86,3 +86,33 @@ def test_training_lines_vary_the_hand_and_evaluation_lines_do_not():
     assert sum(v[0].tobytes() != p[0].tobytes() for v, p in pairs) >= 6  # ... written differently on most lines
     again = synth.SyntheticLines("train", seed=4)
     assert all(again[i][0].tobytes() == pairs[i][0][0].tobytes() for i in range(12))
+
+
+def test_training_text_has_random_strings_and_evaluation_text_does_not():
+    import random
+
+    strings = [synth.random_string(random.Random(i)) for i in range(300)]
+    joined = "".join(strings)
+    assert set(joined) <= set(synth.string.ascii_letters + synth.string.digits + ",.;:!?'()\"$%/ ")
+    assert sum(c.isupper() for c in joined) > 0.15 * len(joined.replace(" ", ""))  # capitals far more often than in words
+    fonts_or_skip("train")
+    fonts_or_skip("eval")
+    assert synth.SyntheticLines("train").strings > 0 and synth.SyntheticLines("eval").strings == 0
+    words = set(synth._words())
+    texts = [synth.SyntheticLines("train", seed=2, strings=1.0).sample(i)[1] for i in range(20)]
+    assert sum(any(w in words for w in t.split()) for t in texts) < 5  # random letters rarely make a listed word
+
+
+def test_stroke_width_thickens_or_thins_but_never_erases():
+    import random
+
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", (200, 60), 0)
+    ImageDraw.Draw(mask).line((10, 30, 190, 30), fill=255, width=6)
+    hairline = Image.new("L", (200, 60), 0)
+    ImageDraw.Draw(hairline).line((10, 30, 190, 30), fill=255, width=1)
+    inks = {int(np.asarray(synth._stroke_width(mask, random.Random(i))).sum()) for i in range(20)}
+    ink = int(np.asarray(mask).sum())
+    assert min(inks) < ink < max(inks)
+    assert all(np.asarray(synth._stroke_width(hairline, random.Random(i))).sum() >= np.asarray(hairline).sum() for i in range(20))

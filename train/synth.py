@@ -9,6 +9,7 @@ import csv
 import importlib.util
 import io
 import random
+import string
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -92,6 +93,20 @@ def random_text(rng: random.Random) -> str:
     return " ".join(parts)
 
 
+_STRING_CHARS = (string.ascii_lowercase, string.ascii_uppercase, string.digits, ",.;:!?'()\"$%/")
+_STRING_WEIGHTS = (0.45, 0.25, 0.2, 0.1)
+
+
+def random_string(rng: random.Random) -> str:
+    """Return a line of random characters in groups of 1-8, lower and upper case, digits and the punctuation of
+    `random_text`: text no word list predicts, so that a model must read every letter, capitals and digits included."""
+    groups = []
+    for _ in range(rng.randint(1, 6)):
+        kinds = rng.choices(_STRING_CHARS, weights=_STRING_WEIGHTS, k=rng.randint(1, 8))
+        groups.append("".join(rng.choice(kind) for kind in kinds))
+    return " ".join(groups)
+
+
 def _ink(rng: random.Random) -> Tuple[int, int, int]:
     base = rng.choice([(20, 20, 25), (25, 35, 90), (60, 40, 30), (40, 40, 40), (15, 30, 70)])
     return tuple(min(255, c + rng.randint(0, 60)) for c in base)
@@ -141,12 +156,23 @@ def _elastic(mask: Image.Image, amplitude: float, cell: float, np_rng: np.random
     return Image.fromarray(np.clip(top * (1 - fy) + bottom * fy, 0, 255).astype(np.uint8), "L")
 
 
+def _stroke_width(mask: Image.Image, rng: random.Random) -> Image.Image:
+    """Return `mask` with its strokes thickened or thinned by one or two pixels a side, as a broader or finer pen writes;
+    thinning is skipped where it would take away more than half the ink (strokes too fine to lose a pixel)."""
+    if rng.random() < 0.5:
+        return mask.filter(ImageFilter.MaxFilter(rng.choice((3, 3, 5))))
+    thinned = mask.filter(ImageFilter.MinFilter(rng.choice((3, 3, 5))))
+    ink = np.asarray(mask, dtype=np.float32).sum()
+    return thinned if np.asarray(thinned, dtype=np.float32).sum() >= 0.5 * ink else mask
+
+
 def render_line(text: str, font_path: str, rng: random.Random, vary: bool = False) -> Image.Image:
     """Return an RGB image of `text` written in the font, slanted, rotated, inked, on textured paper.
 
     With `vary` (training lines), the writing also varies as a hand does: on most lines each
-    character is drawn a little differently (`_jittered_text`), and the strokes are warped by a
-    smooth random displacement, so that a model learns letters rather than a font's exact shapes.
+    character is drawn a little differently (`_jittered_text`), strokes are made broader or finer
+    on some (`_stroke_width`), and they are warped by a smooth random displacement, so that a model
+    learns letters rather than a font's exact shapes.
     """
     size = rng.randint(26, 60)
     font = _font(font_path, size)
@@ -160,6 +186,8 @@ def render_line(text: str, font_path: str, rng: random.Random, vary: bool = Fals
         left, top, right, bottom = font.getbbox(text)
         mask = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
         ImageDraw.Draw(mask).text((pad - left, pad - top), text, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
+    if vary and rng.random() < 0.3:
+        mask = _stroke_width(mask, rng)
     if vary and rng.random() < 0.6:
         mask = _elastic(mask, rng.uniform(0.02, 0.06) * size, size / 2, np.random.default_rng(rng.getrandbits(32)))
     width, height = mask.size
@@ -213,13 +241,17 @@ class SyntheticLines:
     """An indexable, endless-ish set of `(image, text)` samples for one font split.
 
     `vary` (default: for the train split) draws each line's characters and strokes with a hand's
-    variation (see `render_line`); evaluation lines are the fonts as they are.
+    variation (see `render_line`); evaluation lines are the fonts as they are. `strings` is the
+    share of lines that are random characters (`random_string`) instead of words (default: 0.15
+    for the train split, none for eval, whose lines stay comparable from run to run).
     """
 
-    def __init__(self, split: str = "train", seed: int = 0, size: int = 1_000_000, vary: Optional[bool] = None):
+    def __init__(self, split: str = "train", seed: int = 0, size: int = 1_000_000, vary: Optional[bool] = None,
+                 strings: Optional[float] = None):
         self.fonts = load_fonts(split)
         self.split, self.seed, self.size = split, seed, size
         self.vary = split == "train" if vary is None else vary
+        self.strings = (0.15 if split == "train" else 0.0) if strings is None else strings
 
     def __len__(self) -> int:
         return self.size
@@ -232,6 +264,8 @@ class SyntheticLines:
         """Return line `index`: its image, its text and the font it was written in."""
         rng = random.Random(f"{self.split}:{self.seed}:{index}")
         text = random_text(rng)
+        if self.strings and rng.random() < self.strings:
+            text = random_string(rng)
         font = rng.choice(self.fonts)
         if font.capitals == "yes":
             text = text.upper()
