@@ -116,3 +116,21 @@ def test_stroke_width_thickens_or_thins_but_never_erases():
     ink = int(np.asarray(mask).sum())
     assert min(inks) < ink < max(inks)
     assert all(np.asarray(synth._stroke_width(hairline, random.Random(i))).sum() >= np.asarray(hairline).sum() for i in range(20))
+
+
+def test_thinning_keeps_one_pixel_centre_lines_and_repen_redraws_them():
+    import random
+
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", (200, 80), 0)
+    ImageDraw.Draw(mask).line((20, 40, 180, 40), fill=255, width=9)
+    ImageDraw.Draw(mask).line((100, 10, 100, 70), fill=255, width=7)
+    centre = synth._thin(np.asarray(mask) >= 128)
+    assert centre[40, 30:170].all() and centre[15:65, 100].all()  # the cross's two strokes survive as lines ...
+    assert centre.sum() < 0.25 * (np.asarray(mask) >= 128).sum()  # ... one pixel wide
+    assert not (centre & ~(np.asarray(mask) >= 128)).any()
+    for seed in range(6):  # a round pen or a broad nib: ink along the same cross, none far from it
+        drawn = np.asarray(synth._repen(mask, 60, random.Random(seed))) >= 128
+        assert drawn[40, 30:170].mean() > 0.9 and drawn[15:65, 100].mean() > 0.9
+        assert not drawn[:, :10].any() and not drawn[:5].any()

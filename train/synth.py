@@ -166,12 +166,56 @@ def _stroke_width(mask: Image.Image, rng: random.Random) -> Image.Image:
     return thinned if np.asarray(thinned, dtype=np.float32).sum() >= 0.5 * ink else mask
 
 
+def _thin(ink: np.ndarray) -> np.ndarray:
+    """Return the centre lines of the strokes of a boolean image, one pixel wide (Zhang and Suen's thinning, 1984)."""
+    image = np.pad(ink, 1).astype(np.uint8)
+    changed = True
+    while changed:
+        changed = False
+        for first_pass in (True, False):
+            # the 8 neighbours of each pixel, clockwise from the one above
+            p2, p3, p4, p5 = image[:-2, 1:-1], image[:-2, 2:], image[1:-1, 2:], image[2:, 2:]
+            p6, p7, p8, p9 = image[2:, 1:-1], image[2:, :-2], image[1:-1, :-2], image[:-2, :-2]
+            ring = (p2, p3, p4, p5, p6, p7, p8, p9, p2)
+            neighbours = p2 + p3 + p4 + p5 + p6 + p7 + p8 + p9
+            crossings = sum(((a == 0) & (b == 1)).astype(np.uint8) for a, b in zip(ring, ring[1:]))
+            if first_pass:
+                side = ((p2 * p4 * p6) == 0) & ((p4 * p6 * p8) == 0)
+            else:
+                side = ((p2 * p4 * p8) == 0) & ((p2 * p6 * p8) == 0)
+            remove = (image[1:-1, 1:-1] == 1) & (neighbours >= 2) & (neighbours <= 6) & (crossings == 1) & side
+            if remove.any():
+                image[1:-1, 1:-1][remove] = 0
+                changed = True
+    return image[1:-1, 1:-1].astype(bool)
+
+
+def _repen(mask: Image.Image, size: int, rng: random.Random) -> Image.Image:
+    """Return `mask` written again with another pen: its strokes thinned to their centre lines and drawn over with a
+    round pen or a broad nib held at an angle (thick and thin strokes by direction), so one font gives the hands of many pens."""
+    centre = _thin(np.asarray(mask) >= 128)
+    if rng.random() < 0.5:
+        radius = max(1.0, rng.uniform(0.015, 0.05) * size)
+        reach = int(radius)
+        nib = [(dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1) if dy * dy + dx * dx <= radius * radius]
+    else:
+        half = max(1.5, rng.uniform(0.03, 0.07) * size)
+        angle = np.radians(rng.uniform(15, 60))
+        nib = sorted({(round(-t * np.sin(angle)) + dy, round(t * np.cos(angle)))
+                      for t in np.linspace(-half, half, int(4 * half) + 1) for dy in (0, 1)})
+    h, w = centre.shape
+    drawn = np.zeros_like(centre)
+    for dy, dx in nib:  # dilate the centre lines by the nib's shape
+        drawn[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] |= centre[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return Image.fromarray(drawn.astype(np.uint8) * 255, "L").filter(ImageFilter.GaussianBlur(0.6))
+
+
 def render_line(text: str, font_path: str, rng: random.Random, vary: bool = False) -> Image.Image:
     """Return an RGB image of `text` written in the font, slanted, rotated, inked, on textured paper.
 
     With `vary` (training lines), the writing also varies as a hand does: on most lines each
-    character is drawn a little differently (`_jittered_text`), strokes are made broader or finer
-    on some (`_stroke_width`), and they are warped by a smooth random displacement, so that a model
+    character is drawn a little differently (`_jittered_text`), on some the font is written again
+    with another pen (`_repen`) or its strokes made broader or finer (`_stroke_width`), and they are warped by a smooth random displacement, so that a model
     learns letters rather than a font's exact shapes.
     """
     size = rng.randint(26, 60)
@@ -186,8 +230,12 @@ def render_line(text: str, font_path: str, rng: random.Random, vary: bool = Fals
         left, top, right, bottom = font.getbbox(text)
         mask = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
         ImageDraw.Draw(mask).text((pad - left, pad - top), text, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
-    if vary and rng.random() < 0.3:
-        mask = _stroke_width(mask, rng)
+    if vary:
+        pen = rng.random()
+        if pen < 0.25:
+            mask = _repen(mask, size, rng)
+        elif pen < 0.5:
+            mask = _stroke_width(mask, rng)
     if vary and rng.random() < 0.6:
         mask = _elastic(mask, rng.uniform(0.02, 0.06) * size, size / 2, np.random.default_rng(rng.getrandbits(32)))
     width, height = mask.size
