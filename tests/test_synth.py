@@ -134,3 +134,11 @@ def test_thinning_keeps_one_pixel_centre_lines_and_repen_redraws_them():
         drawn = np.asarray(synth._repen(mask, 60, random.Random(seed))) >= 128
         assert drawn[40, 30:170].mean() > 0.9 and drawn[15:65, 100].mean() > 0.9
         assert not drawn[:, :10].any() and not drawn[:5].any()
+
+
+def test_evaluation_lines_stay_what_earlier_measurements_were_taken_on():
+    """Held-out CERs in models/demo/README.md compare across versions only while the eval split's texts and fonts hold."""
+    fonts_or_skip("eval")
+    lines = synth.SyntheticLines("eval", seed=7)
+    assert [(t, synth.Path(f.path).name) for _, t, f in map(lines.sample, range(3))] == [
+        ("long 13/9/67 heard: pictures! stamps? ink", "Breip.ttf"), ("month", "Breip.ttf"), ("autumn", "Kristi.ttf")]
