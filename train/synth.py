@@ -214,9 +214,10 @@ def render_line(text: str, font_path: str, rng: random.Random, vary: bool = Fals
     """Return an RGB image of `text` written in the font, slanted, rotated, inked, on textured paper.
 
     With `vary` (training lines), the writing also varies as a hand does: on most lines each
-    character is drawn a little differently (`_jittered_text`), on some the font is written again
-    with another pen (`_repen`) or its strokes made broader or finer (`_stroke_width`), and they are warped by a smooth random displacement, so that a model
-    learns letters rather than a font's exact shapes.
+    character is drawn a little differently (`_jittered_text`); on some the font is written again
+    with another pen (`_repen`) or its strokes are made broader or finer (`_stroke_width`); and the
+    strokes are warped by a smooth random displacement, so that a model learns letters rather than
+    a font's exact shapes.
     """
     size = rng.randint(26, 60)
     font = _font(font_path, size)
