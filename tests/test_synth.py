@@ -41,7 +41,7 @@ def test_fonts_from_pypi_packages_are_found_inside_them():
     pypi = [f for f in fonts_or_skip("train") if f.package.startswith("pypi:")]
     if not pypi:
         pytest.skip("the PyPI font packages of train/fonts.tsv are not installed (pip install '.[export]')")
-    assert all(synth.Path(f.path).is_file() and f.path.endswith(".ttf") for f in pypi)
+    assert all(synth.Path(f.path).is_file() and f.path.endswith(".ttf") for f in pypi if not f.path.startswith(synth.HERSHEY))
 
 
 def test_texts_mix_words_numbers_punctuation_and_case():
@@ -67,7 +67,7 @@ def test_capitals_column_matches_the_glyphs():
     from PIL import ImageFont
 
     fonts = fonts_or_skip("train") + fonts_or_skip("eval")
-    for font in fonts:
+    for font in (f for f in fonts if not f.path.startswith(synth.HERSHEY)):
         face = ImageFont.truetype(font.path, 60)
         distance = np.mean([np.abs(_glyph(face, c) - _glyph(face, c.upper())).mean() for c in "abdegr"])
         assert (distance < 0.2) == (font.capitals == "yes"), font.path
@@ -134,6 +134,33 @@ def test_thinning_keeps_one_pixel_centre_lines_and_repen_redraws_them():
         drawn = np.asarray(synth._repen(mask, 60, random.Random(seed))) >= 128
         assert drawn[40, 30:170].mean() > 0.9 and drawn[15:65, 100].mean() > 0.9
         assert not drawn[:, :10].any() and not drawn[:5].any()
+
+
+def hershey_or_skip():
+    hershey = [f for f in fonts_or_skip("train") if f.path.startswith(synth.HERSHEY)]
+    if not hershey:
+        pytest.skip("Hershey-Fonts is not installed (pip install '.[export]')")
+    return hershey
+
+
+def test_hershey_stroke_fonts_write_every_character_of_the_texts_with_a_pen():
+    import random
+
+    hershey = hershey_or_skip()
+    assert {f.path for f in hershey} == {"hershey:cursive", "hershey:scriptc", "hershey:scripts", "hershey:futural"}
+    assert synth._installed_path("hershey:cursive") == "hershey:cursive"
+    alphabet = set("".join(synth._words()) + "".join(synth._NAMES + synth._MONTHS) + "".join(synth._STRING_CHARS) + "0123456789 -")
+    for font in hershey:
+        assert alphabet <= set(synth._hershey_glyphs(font.path[len(synth.HERSHEY):])), font.path
+        short = synth._stroke_text("ab", font.path, 40, random.Random(0), vary=True)
+        long = synth._stroke_text("ab cd 12%", font.path, 40, random.Random(0), vary=True)
+        assert short.height > 10 and long.width > 3 * short.width  # about as wide as the text is long
+        again = synth._stroke_text("ab cd 12%", font.path, 40, random.Random(0), vary=True)
+        assert long.tobytes() == again.tobytes()
+    with pytest.raises(HtrError, match="no glyph for 'é'"):
+        synth._stroke_text("café", "hershey:cursive", 40, random.Random(0), vary=False)
+    lines = synth.SyntheticLines("train", seed=5)
+    assert any(f.path.startswith(synth.HERSHEY) for _, _, f in map(lines.sample, range(100)))
 
 
 def test_evaluation_lines_stay_what_earlier_measurements_were_taken_on():

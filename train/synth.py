@@ -24,6 +24,7 @@ from htr.page import unrotate
 FONTS_TSV = Path(__file__).with_name("fonts.tsv")
 WORDS = Path(__file__).with_name("words.txt")
 SPLITS = ("train", "eval")
+HERSHEY = "hershey:"  # fonts.tsv paths of the stroke fonts that the Hershey-Fonts package carries, e.g. `hershey:cursive`
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def load_fonts(split: str) -> List[Font]:
         raise HtrError(f"font split must be one of {', '.join(SPLITS)}, got {split!r}")
     rows = [line for line in FONTS_TSV.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
     fonts = [Font(**{**row, "path": _installed_path(row["path"])}) for row in csv.DictReader(rows, delimiter="\t")]
-    chosen = [f for f in fonts if f.split == split and Path(f.path).is_file()]
+    chosen = [f for f in fonts if f.split == split and (f.path.startswith(HERSHEY) or Path(f.path).is_file())]
     if not chosen:
         raise HtrError(f"no {split} font is installed; run scripts/install-fonts.sh and pip install '.[export]' (packages listed in {FONTS_TSV})")
     return chosen
@@ -49,8 +50,10 @@ def load_fonts(split: str) -> List[Font]:
 
 def _installed_path(path: str) -> str:
     """Return where a font of fonts.tsv lies: an absolute path as it is (a Debian package's file), a relative one
-    inside the Python package it names first (a PyPI font package's file, e.g. `font_intuitive/files/Intuitive.ttf`);
-    an empty string when that package is not installed."""
+    inside the Python package it names first (a PyPI font package's file, e.g. `font_intuitive/files/Intuitive.ttf`),
+    a Hershey font's name as it is; an empty string when that package is not installed."""
+    if path.startswith(HERSHEY):
+        return path if importlib.util.find_spec("HersheyFonts") else ""
     if Path(path).is_absolute():
         return path
     module, _, rest = path.partition("/")
@@ -140,6 +143,48 @@ def _jittered_text(text: str, font: ImageFont.FreeTypeFont, size: int, stroke: i
     return mask.crop(mask.getbbox() or (0, 0, 1, 1))
 
 
+@lru_cache(maxsize=16)
+def _hershey_glyphs(name: str) -> dict:
+    from HersheyFonts import HersheyFonts
+
+    font = HersheyFonts()
+    font.load_default_font(name)
+    return font.all_glyphs
+
+
+def _stroke_text(text: str, font_path: str, size: int, rng: random.Random, vary: bool) -> Image.Image:
+    """Return a mask of `text` in a Hershey stroke font: each glyph's centre lines, scaled so that cap line to
+    descender line is `size` pixels (with `vary` each glyph also scaled, sheared, turned, raised and spaced its own
+    way), drawn with a random pen (`_pen`)."""
+    glyphs = _hershey_glyphs(font_path[len(HERSHEY):])
+    unit = size / 28.0  # Hershey glyphs run from the cap line at -12 units to the descender line at 16
+    strokes, x = [], 0.0
+    for char in text:
+        glyph = glyphs.get(char)
+        if glyph is None:  # a line must show all of its label
+            raise HtrError(f"{font_path} has no glyph for {char!r}")
+        scale, squash, shear, turn, rise = 1.0, 1.0, 0.0, 0.0, 0.0
+        if vary:
+            scale, squash = rng.uniform(0.88, 1.12), rng.uniform(0.92, 1.08)
+            shear, turn, rise = rng.uniform(-0.15, 0.15), np.radians(rng.uniform(-6, 6)), rng.uniform(-0.05, 0.05) * size
+        cos, sin = np.cos(turn) * scale * unit, np.sin(turn) * scale * unit
+        middle = glyph.char_width / 2.0
+        for stroke in glyph.strokes:
+            points = []
+            for gx, gy in stroke:
+                gx, gy = gx - glyph.left_offset - middle + shear * gy, gy * squash
+                points.append((x + middle * scale * unit + cos * gx - sin * gy, rise + sin * gx + cos * gy))
+            strokes.append(points)
+        x += glyph.char_width * scale * unit + (rng.uniform(-0.04, 0.06) * size if vary else 0.0)
+    pad = size
+    centre = Image.new("1", (int(x) + 2 * pad, 3 * size), 0)
+    draw = ImageDraw.Draw(centre)
+    for points in strokes:
+        draw.line([(px + pad, py + 1.5 * size) for px, py in points], fill=1, width=1)
+    mask = _pen(np.asarray(centre, dtype=bool), size, rng)
+    return mask.crop(mask.getbbox() or (0, 0, 1, 1))
+
+
 def _elastic(mask: Image.Image, amplitude: float, cell: float, np_rng: np.random.Generator) -> Image.Image:
     """Return `mask` warped by a random displacement of up to about `amplitude` pixels that changes smoothly over `cell` pixels."""
     h, w = mask.height, mask.width
@@ -191,9 +236,14 @@ def _thin(ink: np.ndarray) -> np.ndarray:
 
 
 def _repen(mask: Image.Image, size: int, rng: random.Random) -> Image.Image:
-    """Return `mask` written again with another pen: its strokes thinned to their centre lines and drawn over with a
-    round pen or a broad nib held at an angle (thick and thin strokes by direction), so one font gives the hands of many pens."""
-    centre = _thin(np.asarray(mask) >= 128)
+    """Return `mask` written again with another pen: its strokes thinned to their centre lines and drawn over by `_pen`,
+    so one font gives the hands of many pens."""
+    return _pen(_thin(np.asarray(mask) >= 128), size, rng)
+
+
+def _pen(centre: np.ndarray, size: int, rng: random.Random) -> Image.Image:
+    """Return a mask of centre lines (a boolean image) drawn with a round pen or a broad nib held at an angle (thick
+    and thin strokes by direction), its width in proportion to the writing's `size`."""
     if rng.random() < 0.5:
         radius = max(1.0, rng.uniform(0.015, 0.05) * size)
         reach = int(radius)
@@ -210,6 +260,12 @@ def _repen(mask: Image.Image, size: int, rng: random.Random) -> Image.Image:
     return Image.fromarray(drawn.astype(np.uint8) * 255, "L").filter(ImageFilter.GaussianBlur(0.6))
 
 
+def _padded(mask: Image.Image, pad: int) -> Image.Image:
+    padded = Image.new("L", (mask.width + 2 * pad, mask.height + 2 * pad), 0)
+    padded.paste(mask, (pad, pad))
+    return padded
+
+
 def render_line(text: str, font_path: str, rng: random.Random, vary: bool = False) -> Image.Image:
     """Return an RGB image of `text` written in the font, slanted, rotated, inked, on textured paper.
 
@@ -220,17 +276,18 @@ def render_line(text: str, font_path: str, rng: random.Random, vary: bool = Fals
     a font's exact shapes.
     """
     size = rng.randint(26, 60)
-    font = _font(font_path, size)
     pad = size // 2
-    stroke = rng.choice([0, 0, 0, 1]) if size > 34 else 0
-    if vary and rng.random() < 0.7:
-        glyphs = _jittered_text(text, font, size, stroke, rng)
-        mask = Image.new("L", (glyphs.width + 2 * pad, glyphs.height + 2 * pad), 0)
-        mask.paste(glyphs, (pad, pad))
+    if font_path.startswith(HERSHEY):
+        mask = _padded(_stroke_text(text, font_path, size, rng, vary), pad)
     else:
-        left, top, right, bottom = font.getbbox(text)
-        mask = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
-        ImageDraw.Draw(mask).text((pad - left, pad - top), text, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
+        font = _font(font_path, size)
+        stroke = rng.choice([0, 0, 0, 1]) if size > 34 else 0
+        if vary and rng.random() < 0.7:
+            mask = _padded(_jittered_text(text, font, size, stroke, rng), pad)
+        else:
+            left, top, right, bottom = font.getbbox(text)
+            mask = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
+            ImageDraw.Draw(mask).text((pad - left, pad - top), text, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
     if vary:
         pen = rng.random()
         if pen < 0.25:
@@ -345,7 +402,7 @@ def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = No
     lines; `heading` writes a line across the page above them, 2-3 line spacings higher. Lines come
     in reading order: the heading, then column by column.
     """
-    font_choice = rng.choice(fonts)
+    font_choice = rng.choice([f for f in fonts if not f.path.startswith(HERSHEY)])  # outline fonts only
     size = rng.randint(28, 52)
     font = ImageFont.truetype(font_choice.path, size)
     spacing = int(size * rng.uniform(*spacing))
