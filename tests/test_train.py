@@ -126,6 +126,37 @@ def test_train_needs_exactly_one_start(tmp_path):
 
     result = CliRunner().invoke(main, [str(tmp_path / "x"), "--synthetic"])
     assert result.exit_code == 1 and "exactly one of --from" in result.stderr
+    both = CliRunner().invoke(main, [str(tmp_path / "x"), "--demo", "--config", str(tmp_path)])
+    assert both.exit_code == 1 and "exactly one of --from" in both.stderr
+    empty = CliRunner().invoke(main, [str(tmp_path / "x"), "--config", str(tmp_path), "--synthetic"])
+    assert empty.exit_code == 1 and f"cannot load the config, image processor and tokenizer of {tmp_path}" in empty.stderr
+
+
+def test_config_trains_its_architecture_from_scratch(tmp_path, exported):
+    """--config builds the architecture a config describes with fresh weights, and trains it with that folder's processor."""
+    import torch
+    from transformers import VisionEncoderDecoderModel
+
+    from htr.train.cli import main
+    from htr.train.model import model_from_config
+    from tiny import TROCR
+
+    folder, _ = exported("vit-roberta")
+    model, image_processor, tokenizer = model_from_config(str(folder))
+    saved = VisionEncoderDecoderModel.from_pretrained(folder).state_dict()
+    fresh = model.state_dict()
+    assert {k: v.shape for k, v in fresh.items()} == {k: v.shape for k, v in saved.items()}
+    assert not torch.equal(fresh["encoder.embeddings.patch_embeddings.projection.weight"], saved["encoder.embeddings.patch_embeddings.projection.weight"])
+    data = _line_folder(tmp_path / "lines", ["one two", "three", "four five", "six"] * 2, _greek_font())
+    out = tmp_path / "scratch"
+    result = CliRunner().invoke(main, [str(out), "--config", str(folder), "--data", str(data), "--alphabet", "onetwhrfivsx ",  # the tiny model's vocabulary is smaller than its tokenizer's
+                                       "--steps", "4", "--batch-size", "4", "--eval-every", "4"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["encoder"] == json.loads((folder / "config.json").read_text())["encoder"]
+    assert (out / "ctc_head.safetensors").is_file()  # from scratch: the auxiliary CTC loss is on by default
+    real, processor, _ = model_from_config(str(TROCR / "trocr-small-handwritten"))  # the real trocr-small architecture
+    assert real.config.encoder.model_type == "deit" and processor.size == {"height": 384, "width": 384}
+    assert real.config.decoder.vocab_size == 64044 and real.config.decoder.d_model == 256
 
 
 def test_ctc_head_reads_patch_columns_left_to_right():

@@ -11,6 +11,8 @@ from htr.errors import HtrError
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--from", "source", help="Start from this checkpoint (hub id or save_pretrained folder).")
+@click.option("--config", "config_source", help="Start from scratch with the architecture of this config (hub id or folder; weights random), "
+                                               "its image processor and its tokenizer.")
 @click.option("--demo", is_flag=True, help="Start from scratch with the demo architecture (ViT 32x384 + 3-layer TrOCR decoder, character tokenizer).")
 @click.option("--data", "folders", multiple=True, type=click.Path(exists=True, path_type=Path), help="Folder with line images and labels.tsv; repeatable.")
 @click.option("--synthetic", is_flag=True, help="Train on synthetic handwriting lines (train fonts); evaluate on lines in held-out fonts.")
@@ -29,27 +31,30 @@ from htr.errors import HtrError
 @click.option("--eval-lines", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--bf16", is_flag=True, help="Mixed precision (bf16 autocast). On CPU it pays only with AVX512-BF16 or AMX; on AVX2-only CPUs it is about 30x slower than fp32.")
 @click.option("--ctc", "ctc_weight", type=click.FloatRange(min=0), help="Weight of an auxiliary CTC loss on the encoder output (training only; dropped from the saved model). "
-                   "Default: 0.5 with --demo or when --from holds a CTC head from an earlier run, else 0.")
+                   "Default: 0.5 with --demo or --config, or when --from holds a CTC head from an earlier run, else 0.")
 @click.option("--resume", is_flag=True, help="Go on from the newest checkpoint in OUT_DIR/checkpoints.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(out_dir, source, demo, folders, synthetic, alphabet, freeze_encoder, steps, batch_size, learning_rate, lr_schedule, warmup_steps, workers, eval_every, eval_lines, bf16, ctc_weight, resume, seed):
+def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, freeze_encoder, steps, batch_size, learning_rate, lr_schedule, warmup_steps, workers, eval_every, eval_lines, bf16, ctc_weight, resume, seed):
     """Train into OUT_DIR; the result is a save_pretrained folder that htr-export takes."""
-    from .model import ENGLISH, char_tokenizer, demo_image_processor, demo_model, swap_tokenizer
+    from .model import ENGLISH, char_tokenizer, demo_image_processor, demo_model, model_from_config, swap_tokenizer
     from htr.evaluate import read_labels
 
     from .trainer import CTC_HEAD_FILE, LineDataset, TrainSettings, preprocessing_of, train
 
     try:
-        if bool(source) == demo:
-            raise HtrError("give exactly one of --from MODEL and --demo")
+        if sum(map(bool, (source, config_source, demo))) != 1:
+            raise HtrError("give exactly one of --from MODEL, --config MODEL and --demo")
         if demo:
             tokenizer = char_tokenizer(_alphabet(alphabet) if alphabet else ENGLISH)
             model, image_processor = demo_model(len(tokenizer)), demo_image_processor()
         else:
-            from htr.export.bundle import load_checkpoint
+            if config_source:
+                model, image_processor, tokenizer = model_from_config(config_source)
+            else:
+                from htr.export.bundle import load_checkpoint
 
-            checkpoint = load_checkpoint(source)
-            model, image_processor, tokenizer = checkpoint.model, checkpoint.image_processor, checkpoint.tokenizer
+                checkpoint = load_checkpoint(source)
+                model, image_processor, tokenizer = checkpoint.model, checkpoint.image_processor, checkpoint.tokenizer
             if alphabet:
                 tokenizer = char_tokenizer(_alphabet(alphabet))
                 swap_tokenizer(model, tokenizer)
@@ -73,7 +78,7 @@ def main(out_dir, source, demo, folders, synthetic, alphabet, freeze_encoder, st
             eval_data = LineDataset(tokenizer, pre, synthetic=eval_generator, size=eval_lines) if eval_generator else None
         train_data = LineDataset(tokenizer, pre, labelled=labelled, synthetic=generator, size=steps * batch_size)
         if ctc_weight is None:  # a run going on from one trained with CTC keeps it
-            ctc_weight = 0.5 if demo or (source and not alphabet and (Path(source) / CTC_HEAD_FILE).is_file()) else 0.0
+            ctc_weight = 0.5 if demo or config_source or (source and not alphabet and (Path(source) / CTC_HEAD_FILE).is_file()) else 0.0
         settings = TrainSettings(out_dir=out_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate, lr_schedule=lr_schedule, warmup_steps=warmup_steps, workers=workers,
                                  eval_every=eval_every, save_every=eval_every, eval_lines=eval_lines, bf16=bf16, seed=seed,
                                  ctc_weight=ctc_weight,

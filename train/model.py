@@ -51,6 +51,25 @@ def demo_model(vocab_size: int, height: int = 32, width: int = 384):
     return VisionEncoderDecoderModel(config)
 
 
+def model_from_config(source: str):
+    """Return `(model, image_processor, tokenizer)` for training from scratch: a VisionEncoderDecoder model of the
+    architecture in `source`'s config (a hub id or a folder; any weights there are not loaded) with fresh weights,
+    and `source`'s own image processor and tokenizer."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+
+    from htr.errors import HtrError
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+        image_processor = AutoImageProcessor.from_pretrained(source, use_fast=False)
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    except (OSError, ValueError) as e:
+        raise HtrError(f"cannot load the config, image processor and tokenizer of {source}: {e}") from e
+    if config.model_type != "vision-encoder-decoder":
+        raise HtrError(f"{source}: config.json describes a {config.model_type!r} model, not a vision-encoder-decoder one")
+    return VisionEncoderDecoderModel(config), image_processor, tokenizer
+
+
 def demo_image_processor(height: int = 32, width: int = 384):
     """Return the demo model's preprocessing: a plain resize (bilinear), rescale and normalise, as ViTImageProcessor does."""
     from transformers import ViTImageProcessor
