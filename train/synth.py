@@ -267,7 +267,8 @@ def _padded(mask: Image.Image, pad: int) -> Image.Image:
 
 
 def render_line(text: str, font_path: str, rng: random.Random, vary: bool = False) -> Image.Image:
-    """Return an RGB image of `text` written in the font, slanted, rotated, inked, on textured paper.
+    """Return an RGB image of `text` written in the font (a font file, or `hershey:NAME` for a Hershey stroke font,
+    drawn by `_stroke_text`), slanted, rotated, inked, on textured paper.
 
     With `vary` (training lines), the writing also varies as a hand does: on most lines each
     character is drawn a little differently (`_jittered_text`); on some the font is written again
