@@ -59,17 +59,27 @@ class Checkpoint:
 
 def load_checkpoint(source: str) -> Checkpoint:
     """Return the model, image processor and tokenizer of a hub id or a `save_pretrained` folder."""
-    from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+    from transformers import VisionEncoderDecoderModel
 
     try:
         model = VisionEncoderDecoderModel.from_pretrained(source).eval()
-        image_processor = AutoImageProcessor.from_pretrained(source, use_fast=False)
-        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+        image_processor, tokenizer = load_processors(source)
     except (OSError, ValueError) as e:
         raise ExportError(f"cannot load {source} as a VisionEncoderDecoder checkpoint with its processor: {e}") from e
+    return Checkpoint(source, model, image_processor, tokenizer)
+
+
+def load_processors(source: str):
+    """Return the image processor (the PIL one, whose resize htr reproduces) and the fast tokenizer (whose
+    tokenizer.json a bundle carries) of a hub id or folder. Raises OSError or ValueError where either is missing,
+    ExportError where the tokenizer has no fast form."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    image_processor = AutoImageProcessor.from_pretrained(source, use_fast=False)
+    tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError(f"{source}: the tokenizer could not be converted to a fast tokenizer (install sentencepiece and protobuf)")
-    return Checkpoint(source, model, image_processor, tokenizer)
+    return image_processor, tokenizer
 
 
 def preprocessing_spec(image_processor) -> dict:

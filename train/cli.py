@@ -47,17 +47,16 @@ def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, fre
         if demo:
             tokenizer = char_tokenizer(_alphabet(alphabet) if alphabet else ENGLISH)
             model, image_processor = demo_model(len(tokenizer)), demo_image_processor()
+        elif config_source:
+            model, image_processor, tokenizer = model_from_config(config_source)
         else:
-            if config_source:
-                model, image_processor, tokenizer = model_from_config(config_source)
-            else:
-                from htr.export.bundle import load_checkpoint
+            from htr.export.bundle import load_checkpoint
 
-                checkpoint = load_checkpoint(source)
-                model, image_processor, tokenizer = checkpoint.model, checkpoint.image_processor, checkpoint.tokenizer
-            if alphabet:
-                tokenizer = char_tokenizer(_alphabet(alphabet))
-                swap_tokenizer(model, tokenizer)
+            checkpoint = load_checkpoint(source)
+            model, image_processor, tokenizer = checkpoint.model, checkpoint.image_processor, checkpoint.tokenizer
+        if alphabet and not demo:  # --demo builds its tokenizer from the alphabet above
+            tokenizer = char_tokenizer(_alphabet(alphabet))
+            swap_tokenizer(model, tokenizer)
         if freeze_encoder:
             for parameter in model.encoder.parameters():
                 parameter.requires_grad = False

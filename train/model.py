@@ -55,14 +55,14 @@ def model_from_config(source: str):
     """Return `(model, image_processor, tokenizer)` for training from scratch: a VisionEncoderDecoder model of the
     architecture in `source`'s config (a hub id or a folder; any weights there are not loaded) with fresh weights,
     and `source`'s own image processor and tokenizer."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+    from transformers import AutoConfig, VisionEncoderDecoderModel
 
     from htr.errors import HtrError
+    from htr.export.bundle import load_processors
 
     try:
         config = AutoConfig.from_pretrained(source)
-        image_processor = AutoImageProcessor.from_pretrained(source, use_fast=False)
-        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+        image_processor, tokenizer = load_processors(source)
     except (OSError, ValueError) as e:
         raise HtrError(f"cannot load the config, image processor and tokenizer of {source}: {e}") from e
     if config.model_type != "vision-encoder-decoder":
