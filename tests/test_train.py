@@ -114,11 +114,48 @@ def test_demo_architecture_trains_on_synthetic_lines(tmp_path):
     assert latest["global_step"] == 14 and (out / "latest" / "preprocessor_config.json").is_file()
     losses = _losses(out)
     assert losses and all(math.isfinite(x) for x in losses) and json.loads((out / "config.json").read_text())["encoder"]["image_size"] == [32, 384]
-    # going on from it keeps the CTC loss without being told
+    # going on from it keeps the CTC loss without being told, on taller lines too (the same grid of patches)
     more = CliRunner().invoke(main, [str(tmp_path / "more"), "--from", str(out), "--synthetic", "--steps", "2", "--batch-size", "4",
-                                     "--eval-every", "2", "--eval-lines", "4"])
+                                     "--eval-every", "2", "--eval-lines", "4", "--input-size", "64x384"])
     assert more.exit_code == 0, more.output
     assert "CTC head goes on" in more.stderr and (tmp_path / "more" / "ctc_head.safetensors").is_file()
+    encoder = json.loads((tmp_path / "more" / "config.json").read_text())["encoder"]
+    assert encoder["image_size"] == [64, 384] and encoder["patch_size"] == [64, 8]
+    assert json.loads((tmp_path / "more" / "preprocessor_config.json").read_text())["size"] == {"height": 64, "width": 384}
+    bad = CliRunner().invoke(main, [str(tmp_path / "bad"), "--from", str(out), "--synthetic", "--input-size", "64"])
+    assert bad.exit_code == 2 and "'64' is not HEIGHTxWIDTH" in bad.output
+
+
+@pytest.mark.parametrize("size, patch", [((16, 32), [16, 8]), ((12, 32), [12, 8])])
+def test_resize_input_reads_a_resized_line_as_the_model_read_the_original(size, patch):
+    """The patch embedding is resampled by the pseudo-inverse of the resize: made taller, a model with one row of patches
+    (as the demo model) reads the resized image exactly as it read the original; other weights are kept."""
+    import torch
+
+    from htr.train.model import demo_image_processor, resize_input
+    from tiny import Variant, build_model
+
+    model = build_model(Variant(image_size=(8, 32)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    processor = demo_image_processor(8, 32)
+    image = torch.rand(2, 3, 8, 32)
+    with torch.no_grad():
+        read = model.encoder(image).last_hidden_state
+        resized = resize_input(model, processor, *size).eval()
+        again = resized.encoder(torch.nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False)).last_hidden_state
+    torch.testing.assert_close(again, read, atol=1e-4, rtol=1e-4)
+    assert resized.config.encoder.image_size == list(size) and resized.config.encoder.patch_size == patch
+    assert processor.size == {"height": size[0], "width": size[1]}
+    kept = resized.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in before.items() if "patch_embeddings.projection.weight" not in k)
+
+
+def test_resize_input_refuses_patches_of_fractional_pixels():
+    from htr.train.model import demo_image_processor, resize_input
+    from tiny import Variant, build_model
+
+    with pytest.raises(HtrError, match="a 8x8 patch would not scale to whole pixels"):
+        resize_input(build_model(Variant()), demo_image_processor(32, 32), 34, 32)
 
 
 def test_train_needs_exactly_one_start(tmp_path):

@@ -17,6 +17,9 @@ from htr.errors import HtrError
 @click.option("--data", "folders", multiple=True, type=click.Path(exists=True, path_type=Path), help="Folder with line images and labels.tsv; repeatable.")
 @click.option("--synthetic", is_flag=True, help="Train on synthetic handwriting lines (train fonts); evaluate on lines in held-out fonts.")
 @click.option("--alphabet", help="New character tokenizer: a file holding the alphabet, or the characters themselves. The decoder's embeddings and output layer are re-initialised, the encoder kept.")
+@click.option("--input-size", callback=lambda ctx, param, value: _size(value), metavar="HxW",
+              help="Train on images resized to H x W pixels. With --from or --config the encoder keeps its grid of patches and "
+                   "its patch embedding is resampled to the larger or smaller patches (ViT and DeiT encoders).")
 @click.option("--freeze-encoder", is_flag=True, help="Train the decoder only.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -34,9 +37,9 @@ from htr.errors import HtrError
                    "Default: 0.5 with --demo or --config, or when --from holds a CTC head from an earlier run, else 0.")
 @click.option("--resume", is_flag=True, help="Go on from the newest checkpoint in OUT_DIR/checkpoints.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, freeze_encoder, steps, batch_size, learning_rate, lr_schedule, warmup_steps, workers, eval_every, eval_lines, bf16, ctc_weight, resume, seed):
+def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, input_size, freeze_encoder, steps, batch_size, learning_rate, lr_schedule, warmup_steps, workers, eval_every, eval_lines, bf16, ctc_weight, resume, seed):
     """Train into OUT_DIR; the result is a save_pretrained folder that htr-export takes."""
-    from .model import ENGLISH, char_tokenizer, demo_image_processor, demo_model, model_from_config, swap_tokenizer
+    from .model import ENGLISH, char_tokenizer, demo_image_processor, demo_model, model_from_config, resize_input, swap_tokenizer
     from htr.evaluate import read_labels
 
     from .trainer import CTC_HEAD_FILE, LineDataset, TrainSettings, preprocessing_of, train
@@ -46,7 +49,7 @@ def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, fre
             raise HtrError("give exactly one of --from MODEL, --config MODEL and --demo")
         if demo:
             tokenizer = char_tokenizer(_alphabet(alphabet) if alphabet else ENGLISH)
-            model, image_processor = demo_model(len(tokenizer)), demo_image_processor()
+            model, image_processor = demo_model(len(tokenizer), *(input_size or ())), demo_image_processor(*(input_size or ()))
         elif config_source:
             model, image_processor, tokenizer = model_from_config(config_source)
         else:
@@ -54,6 +57,8 @@ def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, fre
 
             checkpoint = load_checkpoint(source)
             model, image_processor, tokenizer = checkpoint.model, checkpoint.image_processor, checkpoint.tokenizer
+        if input_size and not demo:
+            model = resize_input(model, image_processor, *input_size)
         if alphabet and not demo:  # --demo builds its tokenizer from the alphabet above
             tokenizer = char_tokenizer(_alphabet(alphabet))
             swap_tokenizer(model, tokenizer)
@@ -87,6 +92,15 @@ def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, fre
         click.echo(f"htr-train: {e}", err=True)
         sys.exit(1)
     click.echo(str(out_dir))
+
+
+def _size(value):
+    if value is None:
+        return None
+    height, x, width = value.lower().partition("x")
+    if not (x and height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
+        raise click.BadParameter(f"{value!r} is not HEIGHTxWIDTH in pixels, such as 64x384")
+    return int(height), int(width)
 
 
 def _alphabet(value: str) -> str:

@@ -94,3 +94,53 @@ def swap_tokenizer(model, tokenizer, eos_id: Optional[int] = None) -> None:
         config.pad_token_id = tokenizer.pad_token_id
         config.eos_token_id = tokenizer.eos_token_id
     model.config.decoder.vocab_size = size
+
+
+def resize_input(model, image_processor, height: int, width: int):
+    """Return `model` for `height` x `width` input images, and set `image_processor` to resize to that size.
+
+    The encoder keeps its grid of patches: each patch is scaled with the image, and the patch embedding's
+    kernel is resampled so that it reads a resized patch as it read the original (the pseudo-inverse of a
+    bilinear resize, as FlexiViT does). Along a side one patch spans (the height of the demo model's
+    full-height patches) this is exact for an image resized from the old size; across several patches,
+    nearly so (resizing the whole image mixes pixels across patch borders). A model made taller this way
+    starts out reading about as well as before, and training can then use the finer detail. ViT and DeiT
+    encoders only.
+    """
+    import torch
+    from transformers import VisionEncoderDecoderModel
+
+    from htr.errors import HtrError
+
+    encoder = model.config.encoder
+    projection = getattr(getattr(getattr(model.encoder, "embeddings", None), "patch_embeddings", None), "projection", None)
+    if projection is None:
+        raise HtrError(f"cannot resize the input of a {encoder.model_type!r} encoder: only ViT and DeiT encoders have a patch embedding to resample")
+    old_size = _pair(encoder.image_size)
+    old_patch = _pair(encoder.patch_size)
+    patch = []
+    for new, old, side in zip((height, width), old_size, old_patch):
+        if new * side % old:
+            raise HtrError(f"cannot resize the input from {old_size[0]}x{old_size[1]} to {height}x{width}: "
+                           f"a {old_patch[0]}x{old_patch[1]} patch would not scale to whole pixels")
+        patch.append(new * side // old)
+    kernel = projection.weight.detach()
+    # row i of resize: old basis patch i resized; (x @ resize) . k' = x . k for every old patch x when resize k' = k
+    basis = torch.eye(old_patch[0] * old_patch[1], dtype=torch.float64).reshape(-1, 1, *old_patch)
+    resize = torch.nn.functional.interpolate(basis, size=tuple(patch), mode="bilinear", align_corners=False).reshape(len(basis), -1)
+    flat = kernel.reshape(-1, len(basis)).to(torch.float64)
+    new_kernel = (flat @ torch.linalg.pinv(resize).T).reshape(*kernel.shape[:2], *patch).to(kernel.dtype)
+
+    config = model.config
+    config.encoder.image_size, config.encoder.patch_size = [height, width], patch
+    resized = VisionEncoderDecoderModel(config)
+    state = model.state_dict()
+    state["encoder.embeddings.patch_embeddings.projection.weight"] = new_kernel
+    resized.load_state_dict(state)
+    resized.generation_config = model.generation_config
+    image_processor.size = {"height": height, "width": width}
+    return resized
+
+
+def _pair(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value, value]
