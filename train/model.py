@@ -97,7 +97,7 @@ def swap_tokenizer(model, tokenizer, eos_id: Optional[int] = None) -> None:
 
 
 def resize_input(model, image_processor, height: int, width: int):
-    """Return `model` for `height` x `width` input images, and set `image_processor` to resize to that size.
+    """Return a copy of `model` for `height` x `width` input images, and set `image_processor` to resize to that size.
 
     The encoder keeps its grid of patches: each patch is scaled with the image, and the patch embedding's
     kernel is resampled so that it reads a resized patch as it read the original (the pseudo-inverse of a
