@@ -11,7 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from htr.manifest import MANIFEST_NAME, RESAMPLE_NAMES, SCHEMA_VERSION, sha256_of
 
@@ -213,13 +213,20 @@ def cache_links(sections: Dict[str, dict]) -> dict:
     return links
 
 
+def image_and_patch_size(encoder_config) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """Return a ViT-style encoder's `(height, width)` of image and of patch; configs give either as one int or a pair."""
+    def pair(value):
+        return (value, value) if isinstance(value, int) else tuple(value)
+
+    return pair(encoder_config.image_size), pair(encoder_config.patch_size)
+
+
 def architecture_spec(model) -> dict:
     """Return the counts the runtime and readers of the manifest need."""
     encoder, decoder = model.config.encoder, model.config.decoder
     d_model = decoder.d_model if hasattr(decoder, "d_model") else decoder.hidden_size
     heads = decoder.decoder_attention_heads if hasattr(decoder, "decoder_attention_heads") else decoder.num_attention_heads
-    height, width = (encoder.image_size,) * 2 if isinstance(encoder.image_size, int) else encoder.image_size
-    patch_h, patch_w = (encoder.patch_size,) * 2 if isinstance(encoder.patch_size, int) else encoder.patch_size
+    (height, width), (patch_h, patch_w) = image_and_patch_size(encoder)
     extra_tokens = 2 if encoder.model_type == "deit" else 1
     return {
         "encoder_type": encoder.model_type,

@@ -107,17 +107,19 @@ def resize_input(model, image_processor, height: int, width: int):
     starts out reading about as well as before, and training can then use the finer detail. ViT and DeiT
     encoders only.
     """
+    import copy
+
     import torch
     from transformers import VisionEncoderDecoderModel
 
     from htr.errors import HtrError
+    from htr.export.bundle import image_and_patch_size
 
     encoder = model.config.encoder
     projection = getattr(getattr(getattr(model.encoder, "embeddings", None), "patch_embeddings", None), "projection", None)
     if projection is None:
         raise HtrError(f"cannot resize the input of a {encoder.model_type!r} encoder: only ViT and DeiT encoders have a patch embedding to resample")
-    old_size = _pair(encoder.image_size)
-    old_patch = _pair(encoder.patch_size)
+    old_size, old_patch = image_and_patch_size(encoder)
     patch = []
     for new, old, side in zip((height, width), old_size, old_patch):
         if new * side % old:
@@ -131,7 +133,7 @@ def resize_input(model, image_processor, height: int, width: int):
     flat = kernel.reshape(-1, len(basis)).to(torch.float64)
     new_kernel = (flat @ torch.linalg.pinv(resize).T).reshape(*kernel.shape[:2], *patch).to(kernel.dtype)
 
-    config = model.config
+    config = copy.deepcopy(model.config)  # `model` stays as it was
     config.encoder.image_size, config.encoder.patch_size = [height, width], patch
     resized = VisionEncoderDecoderModel(config)
     state = model.state_dict()
@@ -140,7 +142,3 @@ def resize_input(model, image_processor, height: int, width: int):
     resized.generation_config = model.generation_config
     image_processor.size = {"height": height, "width": width}
     return resized
-
-
-def _pair(value):
-    return list(value) if isinstance(value, (list, tuple)) else [value, value]

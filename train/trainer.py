@@ -159,10 +159,9 @@ CTC_HEAD_FILE = "ctc_head.safetensors"  # training only, beside the model: a run
 
 
 def _patch_grid(encoder_config) -> Tuple[int, int]:
-    def pair(value):
-        return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+    from htr.export.bundle import image_and_patch_size
 
-    (height, width), (patch_h, patch_w) = pair(encoder_config.image_size), pair(encoder_config.patch_size)
+    (height, width), (patch_h, patch_w) = image_and_patch_size(encoder_config)
     return height // patch_h, width // patch_w
 
 
