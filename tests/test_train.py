@@ -116,11 +116,14 @@ def test_demo_architecture_trains_on_synthetic_lines(tmp_path):
     assert losses and all(math.isfinite(x) for x in losses) and json.loads((out / "config.json").read_text())["encoder"]["image_size"] == [32, 384]
     # going on from it keeps the CTC loss without being told, on taller lines too (the same grid of patches)
     more = CliRunner().invoke(main, [str(tmp_path / "more"), "--from", str(out), "--synthetic", "--steps", "2", "--batch-size", "4",
-                                     "--eval-every", "2", "--eval-lines", "4", "--input-size", "64x384"])
+                                     "--eval-every", "2", "--eval-lines", "4", "--input-size", "64x384", "--dropout", "0.1"])
     assert more.exit_code == 0, more.output
     assert "CTC head goes on" in more.stderr and (tmp_path / "more" / "ctc_head.safetensors").is_file()
-    encoder = json.loads((tmp_path / "more" / "config.json").read_text())["encoder"]
+    config = json.loads((tmp_path / "more" / "config.json").read_text())
+    encoder = config["encoder"]
     assert encoder["image_size"] == [64, 384] and encoder["patch_size"] == [64, 8]
+    assert encoder["hidden_dropout_prob"] == encoder["attention_probs_dropout_prob"] == 0.1
+    assert config["decoder"]["dropout"] == config["decoder"]["attention_dropout"] == 0.1
     assert json.loads((tmp_path / "more" / "preprocessor_config.json").read_text())["size"] == {"height": 64, "width": 384}
     bad = CliRunner().invoke(main, [str(tmp_path / "bad"), "--from", str(out), "--synthetic", "--input-size", "64"])
     assert bad.exit_code == 2 and "'64' is not HEIGHTxWIDTH" in bad.output
@@ -156,6 +159,24 @@ def test_resize_input_refuses_patches_of_fractional_pixels():
 
     with pytest.raises(HtrError, match="a 8x8 patch would not scale to whole pixels"):
         resize_input(build_model(Variant()), demo_image_processor(32, 32), 34, 32)
+
+
+def test_with_dropout_drops_only_while_training():
+    import torch
+
+    from htr.train.model import with_dropout
+    from tiny import Variant, build_model
+
+    model = build_model(Variant()).eval()
+    dropping = with_dropout(model, 0.2).eval()
+    assert model.config.encoder.hidden_dropout_prob == 0.0  # the model it copies is untouched
+    assert dropping.config.encoder.attention_probs_dropout_prob == dropping.config.decoder.attention_dropout == 0.2
+    image, ids = torch.rand(2, 3, 32, 32), torch.tensor([[2, 5, 6], [2, 7, 8]])
+    with torch.no_grad():
+        read = model(pixel_values=image, decoder_input_ids=ids).logits
+        torch.testing.assert_close(dropping(pixel_values=image, decoder_input_ids=ids).logits, read, atol=0, rtol=0)
+        dropping.train()
+        assert not torch.allclose(dropping.encoder(image).last_hidden_state, model.encoder(image).last_hidden_state)
 
 
 def test_train_needs_exactly_one_start(tmp_path):

@@ -21,6 +21,9 @@ from htr.errors import HtrError
               help="Train on images resized to H x W pixels. With --from or --config the encoder keeps its grid of patches and "
                    "its patch embedding is resampled to the larger or smaller patches (ViT and DeiT encoders).")
 @click.option("--freeze-encoder", is_flag=True, help="Train the decoder only.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),
+              help="Dropout on the hidden states and attention weights of encoder and decoder while training, a regulariser "
+                   "against fitting the few hands of a small data set (0.1 is usual). Default: the model's own.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--lr", "learning_rate", type=float, default=5e-4, show_default=True)
@@ -37,9 +40,9 @@ from htr.errors import HtrError
                    "Default: 0.5 with --demo or --config, or when --from holds a CTC head from an earlier run, else 0.")
 @click.option("--resume", is_flag=True, help="Go on from the newest checkpoint in OUT_DIR/checkpoints.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, input_size, freeze_encoder, steps, batch_size, learning_rate, lr_schedule, warmup_steps, workers, eval_every, eval_lines, bf16, ctc_weight, resume, seed):
+def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, input_size, freeze_encoder, dropout, steps, batch_size, learning_rate, lr_schedule, warmup_steps, workers, eval_every, eval_lines, bf16, ctc_weight, resume, seed):
     """Train into OUT_DIR; the result is a save_pretrained folder that htr-export takes."""
-    from .model import ENGLISH, char_tokenizer, demo_image_processor, demo_model, model_from_config, resize_input, swap_tokenizer
+    from .model import ENGLISH, char_tokenizer, demo_image_processor, demo_model, model_from_config, resize_input, swap_tokenizer, with_dropout
     from htr.evaluate import read_labels
 
     from .trainer import CTC_HEAD_FILE, LineDataset, TrainSettings, preprocessing_of, train
@@ -59,6 +62,8 @@ def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, inp
             model, image_processor, tokenizer = checkpoint.model, checkpoint.image_processor, checkpoint.tokenizer
         if input_size and not demo:
             model = resize_input(model, image_processor, *input_size)
+        if dropout is not None:
+            model = with_dropout(model, dropout)
         if alphabet and not demo:  # --demo builds its tokenizer from the alphabet above
             tokenizer = char_tokenizer(_alphabet(alphabet))
             swap_tokenizer(model, tokenizer)

@@ -110,7 +110,6 @@ def resize_input(model, image_processor, height: int, width: int):
     import copy
 
     import torch
-    from transformers import VisionEncoderDecoderModel
 
     from htr.errors import HtrError
     from htr.export.bundle import image_and_patch_size
@@ -135,10 +134,41 @@ def resize_input(model, image_processor, height: int, width: int):
 
     config = copy.deepcopy(model.config)  # `model` stays as it was
     config.encoder.image_size, config.encoder.patch_size = [height, width], patch
-    resized = VisionEncoderDecoderModel(config)
     state = model.state_dict()
     state["encoder.embeddings.patch_embeddings.projection.weight"] = new_kernel
-    resized.load_state_dict(state)
-    resized.generation_config = model.generation_config
+    resized = _rebuilt(model, config, state)
     image_processor.size = {"height": height, "width": width}
     return resized
+
+
+def _rebuilt(model, config, state: dict):
+    """Return a new VisionEncoderDecoderModel of `config` holding `state`, with `model`'s generation config."""
+    from transformers import VisionEncoderDecoderModel
+
+    rebuilt = VisionEncoderDecoderModel(config)
+    rebuilt.load_state_dict(state)
+    rebuilt.generation_config = model.generation_config
+    return rebuilt
+
+
+# Config fields that set dropout on hidden states and attention weights: ViT, DeiT, BEiT, Swin and BERT-style
+# (`*_prob`), TrOCR and BART-style (`dropout`, `attention_dropout`), GPT-2-style (`*_pdrop`).
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def with_dropout(model, probability: float):
+    """Return a copy of `model` whose encoder and decoder drop hidden states and attention weights with `probability`
+    while training (a regulariser: against fitting the few hands of a small data set). Weights are unchanged; an
+    encoder or decoder whose config has none of `DROPOUT_FIELDS` is refused."""
+    import copy
+
+    from htr.errors import HtrError
+
+    config = copy.deepcopy(model.config)  # `model` stays as it was
+    for side in (config.encoder, config.decoder):
+        fields = [name for name in DROPOUT_FIELDS if hasattr(side, name)]
+        if not fields:
+            raise HtrError(f"cannot set dropout in a {side.model_type!r} model: its config has none of {', '.join(DROPOUT_FIELDS)}")
+        for name in fields:
+            setattr(side, name, probability)
+    return _rebuilt(model, config, model.state_dict())
