@@ -295,8 +295,8 @@ def render_line(text: str, font_path: str, rng: random.Random, vary: bool = Fals
             mask = _repen(mask, size, rng)
         elif pen < 0.5:
             mask = _stroke_width(mask, rng)
-    if vary and rng.random() < 0.6:
-        mask = _elastic(mask, rng.uniform(0.02, 0.06) * size, size / 2, np.random.default_rng(rng.getrandbits(32)))
+    if vary and rng.random() < 0.8:
+        mask = _elastic(mask, rng.uniform(0.02, 0.10) * size, size / 2, np.random.default_rng(rng.getrandbits(32)))
     width, height = mask.size
 
     # Slant (shear) and a small rotation of the writing.
