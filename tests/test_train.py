@@ -179,6 +179,15 @@ def test_with_dropout_drops_only_while_training():
         assert not torch.allclose(dropping.encoder(image).last_hidden_state, model.encoder(image).last_hidden_state)
 
 
+def test_with_dropout_refuses_a_model_it_cannot_set(monkeypatch):
+    from htr.train import model as models
+    from tiny import Variant, build_model
+
+    monkeypatch.setattr(models, "DROPOUT_FIELDS", ("no_such_dropout",))
+    with pytest.raises(HtrError, match="cannot set dropout in a 'vit' model: its config has none of no_such_dropout"):
+        models.with_dropout(build_model(Variant()), 0.1)
+
+
 def test_train_needs_exactly_one_start(tmp_path):
     from htr.train.cli import main
 
