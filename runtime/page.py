@@ -13,8 +13,10 @@ The steps, each a small function:
 5. `find_bands`: in each region, the rows' ink profile, smoothed at the scale of the line
    spacing, split at its valleys into line bands;
 6. `follow_line`: each band's line is followed strip by strip, since handwritten lines drift, each
-   with its own slope; the ink along it is trimmed, and its outline (a parallelogram along the
-   line's slope) is mapped back to the page as `polygon`, with its axis-aligned `box`.
+   with its own slope, leaving out strips where only a neighbour's edge is in reach; the ink along
+   it is trimmed (`_trim`: the ink connected to its middle, not specks or neighbours' ends), and
+   its outline (a parallelogram along the line's slope) is mapped back to the page as `polygon`,
+   with its axis-aligned `box`.
 
 Reading order: regions as the cuts give them (columns left to right, blocks top to bottom), and
 each region's lines top to bottom. A region is a column only where a blank gutter runs from its top
@@ -36,6 +38,7 @@ MAX_INK_SHARE = 0.3  # a page more inked than this is noise or a photograph, not
 VALLEY_SHARE = 0.5  # two lines need a valley in the row profile below this share of the lower peak
 RULE_SHARE = 0.5  # rows or columns inked over more than this share are rules, borders or edges, not writing
 MIN_GUTTER = 0.75  # blank columns at least this many line spacings wide, top to bottom of a block, part text columns
+MIN_PIECE_SHARE = 0.02  # ink apart from a line by more than its height, holding less than this share of it, is not part of it
 MIN_BREAK = 1.0  # blank rows at least this many line spacings high part blocks (a heading over columns)
 
 
@@ -236,24 +239,40 @@ def find_bands(mask: np.ndarray, spacing: Optional[float] = None) -> List[Tuple[
     return bands
 
 
-def _trim(band: np.ndarray, core: Tuple[int, int]) -> Optional[Tuple[int, int, int, int]]:
+def _trim(band: np.ndarray, core: Tuple[int, int], span: Tuple[int, int]) -> Optional[Tuple[int, int, int, int]]:
     """Return the (left, top, right, bottom) of the line's ink in a band (rows from its top), ignoring rows with almost none.
 
-    The line reaches left and right only as far as ink in its `core` rows: the ends of neighbouring
-    lines that enter the band above or below the core do not widen it.
+    The line reaches left and right only as far as ink in its `core` rows within columns `span`, and up and down only as
+    far as inked rows run on from the core without a blank row: the ends of neighbouring lines that
+    enter the band above or below the core do not widen it, nor do they heighten it where paper
+    parts them from the line.
     """
-    columns = np.nonzero(band[core[0] : core[1]].sum(axis=0) > 0)[0]
+    ink = np.zeros(band.shape[1], dtype=np.int64)
+    ink[span[0] : span[1]] = band[core[0] : core[1], span[0] : span[1]].sum(axis=0)
+    columns = np.nonzero(ink > 0)[0]
     if columns.size == 0:
         return None
-    # a row needs a few ink pixels per 1000 columns of the page
-    rows = np.nonzero(band[:, columns[0] : columns[-1] + 1].sum(axis=1) > max(1, 0.002 * band.shape[1]))[0]
-    if rows.size == 0:
+    # pieces of it apart by more than the band's height (far wider than a gap between words) holding next to none
+    # of its ink are specks left on the paper, or torn off another line by straightening: not the line's ends
+    pieces = np.split(columns, np.nonzero(np.diff(columns) > band.shape[0])[0] + 1)
+    kept = [piece for piece in pieces if ink[piece].sum() >= MIN_PIECE_SHARE * ink.sum()]
+    if not kept:  # ink scattered in specks, none of them a line
         return None
+    columns = np.concatenate(kept)
+    # a row needs a few ink pixels per 1000 columns of the page
+    inked = band[:, columns[0] : columns[-1] + 1].sum(axis=1) > max(1, 0.002 * band.shape[1])
+    if not inked[core[0] : core[1]].any():
+        return None
+    blank = np.nonzero(~inked)[0]
+    top = int(blank[blank < core[0]].max()) + 1 if np.any(blank < core[0]) else 0
+    bottom = int(blank[blank >= core[1]].min()) if np.any(blank >= core[1]) else len(inked)
+    rows = np.nonzero(inked[top:bottom])[0] + top
     return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
 
 
 MAX_LINE_TILT = 6.0  # degrees a line may slope against the page's rows once the page is upright
 FOLLOW_PASSES = 3  # fits of a line's slope, each on the ink near the previous fit
+FOLLOW_TOLERANCE = 0.5  # a strip's ink centred further than this share of the window's half-height off the fit is another line's
 
 
 def _reach(top: int, bottom: int) -> float:
@@ -261,15 +280,18 @@ def _reach(top: int, bottom: int) -> float:
     return max(2.0, (bottom - top) / 4.0)
 
 
-def follow_line(mask: np.ndarray, top: int, bottom: int) -> Tuple[float, float, float]:
-    """Return `(slope, pivot, middle)` of the text line in band `[top, bottom)` of an upright mask: its middle runs
-    through row `middle` at column `pivot` with `slope` rows per column.
+def follow_line(mask: np.ndarray, top: int, bottom: int) -> Tuple[float, float, float, Tuple[int, int]]:
+    """Return `(slope, pivot, middle, span)` of the text line in band `[top, bottom)` of an upright mask: its middle runs
+    through row `middle` at column `pivot` with `slope` rows per column, and it lies within columns `span` (start, end).
 
     Handwritten lines drift, each with its own slope, so their ends leave the band that the page's
     row profile gives, and the ends of neighbouring lines enter it. The ink's mean row is taken in
     vertical strips about two band-heights wide, within a quarter band-height of the line's middle
     (first the band's densest row, then the last fit), which keeps neighbouring lines out, and a
-    straight line is fitted to those means, weighted by their ink.
+    straight line is fitted to those means, weighted by their ink. From the second fit on, a strip
+    whose mean is off the last fit by more than FOLLOW_TOLERANCE of that quarter holds the edge of
+    another line (past this line's end, a neighbour sloping the other way) and is left out, of the
+    fit and of the span.
     """
     height, width = mask.shape
     strip = max(8, int(2 * (bottom - top)))
@@ -278,8 +300,9 @@ def follow_line(mask: np.ndarray, top: int, bottom: int) -> Tuple[float, float, 
     limit = np.tan(np.deg2rad(MAX_LINE_TILT))
     profile = _smooth(mask[top:bottom].sum(axis=1).astype(np.float64), reach)
     slope, pivot, middle = 0.0, width / 2.0, float(top + int(np.argmax(profile)))
-    for _ in range(FOLLOW_PASSES):
-        xs, ys, weights = [], [], []
+    span = (0, width)
+    for number in range(FOLLOW_PASSES):
+        starts, xs, ys, weights = [], [], [], []
         for start in range(0, width, strip):
             block = mask[:, start : start + strip]
             centre_x = start + block.shape[1] / 2.0
@@ -288,16 +311,21 @@ def follow_line(mask: np.ndarray, top: int, bottom: int) -> Tuple[float, float, 
             counts = block[low:high].sum(axis=1).astype(np.float64)
             if counts.sum() < 1:
                 continue
+            mean = float((rows[low:high] * counts).sum() / counts.sum())
+            if number and abs(mean - expected) > FOLLOW_TOLERANCE * reach:
+                continue
+            starts.append(start)
             xs.append(centre_x)
-            ys.append(float((rows[low:high] * counts).sum() / counts.sum()))
+            ys.append(mean)
             weights.append(counts.sum())
         if not xs:
             break
+        span = (starts[0], min(width, starts[-1] + strip))
         x, y, w = np.array(xs), np.array(ys), np.array(weights)
         pivot, middle = float((x * w).sum() / w.sum()), float((y * w).sum() / w.sum())
         spread = ((x - pivot) ** 2 * w).sum()
         slope = float(np.clip(((x - pivot) * (y - middle) * w).sum() / spread, -limit, limit)) if spread > 0 else 0.0
-    return slope, pivot, middle
+    return slope, pivot, middle, span
 
 
 def _straighten(mask: np.ndarray, top: int, bottom: int, slope: float, pivot: float) -> np.ndarray:
@@ -328,10 +356,10 @@ def analyse(image: Image.Image) -> Layout:
     for number, (region_top, region_bottom, region_left, region_right) in enumerate(regions):
         part = upright[region_top:region_bottom, region_left:region_right]
         for top, bottom in find_bands(part, spacing):
-            slope, pivot, middle = follow_line(part, top, bottom)
+            slope, pivot, middle, span = follow_line(part, top, bottom)
             reach = _reach(top, bottom)
             core = (max(0, int(middle - reach) - top), max(1, int(np.ceil(middle + reach)) - top))
-            box = _trim(_straighten(part, top, bottom, slope, pivot), core)
+            box = _trim(_straighten(part, top, bottom, slope, pivot), core, span)
             if box is None or box[3] - box[1] < min_height / 2 or box[2] - box[0] < min_height:
                 continue
             pad_y, pad_x = LINE_MARGIN_Y * (box[3] - box[1]), LINE_MARGIN_X * (box[3] - box[1])

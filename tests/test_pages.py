@@ -75,6 +75,17 @@ def test_drifting_lines_are_followed_and_cut_level(fonts, seed):
         assert abs(crop.width - np.hypot(x1 - x0, y1 - y0)) < 3 and abs(crop.height - np.hypot(x3 - x0, y3 - y0)) < 3
 
 
+@pytest.mark.parametrize("seed", ["page:1:30", "page:1:40", "page:1:48"])
+def test_line_ends_stop_at_the_lines_own_ink(fonts, seed):
+    """Three drifting pages (those of benchmarks/pages.py --line-tilt 3) where a line's box used to run on: past its
+    end along a speck in its row (1:30), into a neighbour sloping into its row (1:40, 1:48), or over the
+    ends of the neighbours above and below it (1:48). Every line is found, each box on its own line."""
+    page = _page(fonts, seed, line_tilt=3.0)
+    layout = analyse(page.image)
+    scores = line_detection_scores([line.polygon for line in layout.lines], page.polygons, page.image.size)
+    assert scores["recall"] == 1.0 and scores["precision"] == 1.0, (len(layout.lines), len(page.polygons), scores["matches"])
+
+
 @pytest.mark.parametrize("seed,columns", [(31, 2), (32, 2), (33, 3)])
 def test_columns_are_read_one_after_another(fonts, seed, columns):
     """A heading across the page, then columns: every line is found, each within its column, heading first and column by column."""
