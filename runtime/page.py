@@ -16,7 +16,10 @@ The steps, each a small function:
    with its own slope, leaving out strips where only a neighbour's edge is in reach; the ink along
    it is trimmed (`_trim`: the ink connected to its middle, not specks or neighbours' ends), and
    its outline (a parallelogram along the line's slope) is mapped back to the page as `polygon`,
-   with its axis-aligned `box`.
+   with its axis-aligned `box`;
+7. `_uncovered`: the ink that no line's cut holds goes through steps 5 and 6 again, since two
+   lines sloping towards each other can share one band, of which step 6 follows one; what it
+   finds with at least LEFTOVER_SHARE of the region's most inked line's ink is a line too.
 
 Reading order: regions as the cuts give them (columns left to right, blocks top to bottom), and
 each region's lines top to bottom. A region is a column only where a blank gutter runs from its top
@@ -272,6 +275,7 @@ def _trim(band: np.ndarray, core: Tuple[int, int], span: Tuple[int, int]) -> Opt
 
 MAX_LINE_TILT = 6.0  # degrees a line may slope against the page's rows once the page is upright
 FOLLOW_PASSES = 3  # fits of a line's slope, each on the ink near the previous fit
+LEFTOVER_SHARE = 0.1  # ink outside every line's cut is a line of its own if it holds this share of the most inked line's ink
 FOLLOW_TOLERANCE = 0.5  # a strip's ink centred further than this share of the window's half-height off the fit is another line's
 
 
@@ -337,6 +341,57 @@ def _straighten(mask: np.ndarray, top: int, bottom: int, slope: float, pivot: fl
     return np.where(inside, mask[np.clip(rows, 0, height - 1), columns[None, :]], False)
 
 
+@dataclass(frozen=True)
+class _Line:
+    """A line found in an upright region: its ink's box `(left, top, right, bottom)` in band `top`'s rows sheared
+    along `slope` about column `pivot` (as `_straighten` gives them), and how much ink that box holds."""
+
+    top: int
+    slope: float
+    pivot: float
+    box: Tuple[int, int, int, int]
+    ink: int
+
+    def margins(self) -> Tuple[float, float]:
+        height = self.box[3] - self.box[1]
+        return LINE_MARGIN_Y * height, LINE_MARGIN_X * height
+
+    def row_at(self, x: float) -> float:
+        """Return the row of the line's middle at column x."""
+        return self.top + (self.box[1] + self.box[3]) / 2.0 + self.slope * (x - self.pivot)
+
+
+def _lines_in(part: np.ndarray, spacing: Optional[float], min_height: float) -> List[_Line]:
+    """Return the lines of an upright region's ink mask, top to bottom (each band's line, followed and trimmed)."""
+    found = []
+    for top, bottom in find_bands(part, spacing):
+        slope, pivot, middle, span = follow_line(part, top, bottom)
+        reach = _reach(top, bottom)
+        core = (max(0, int(middle - reach) - top), max(1, int(np.ceil(middle + reach)) - top))
+        band = _straighten(part, top, bottom, slope, pivot)
+        box = _trim(band, core, span)
+        if box is None or box[3] - box[1] < min_height / 2 or box[2] - box[0] < min_height:
+            continue
+        found.append(_Line(top, slope, pivot, box, int(band[box[1] : box[3], box[0] : box[2]].sum())))
+    return found
+
+
+def _uncovered(part: np.ndarray, lines: List[_Line]) -> np.ndarray:
+    """Return the ink of `part` outside every line's cut (its box with its margins, along its slope)."""
+    height, width = part.shape
+    left = part.copy()
+    columns = np.arange(width)
+    for line in lines:
+        pad_y, pad_x = line.margins()
+        start, end = max(0, int(line.box[0] - pad_x)), min(width, int(np.ceil(line.box[2] + pad_x)))
+        shift = np.round(line.slope * (columns[start:end] - line.pivot)).astype(np.int64)
+        low = np.clip(line.top + int(line.box[1] - pad_y) + shift, 0, height)
+        high = np.clip(line.top + int(np.ceil(line.box[3] + pad_y)) + shift, 0, height)
+        for column, a, b in zip(columns[start:end], low, high):
+            left[a:b, column] = False
+    return left
+
+
 def analyse(image: Image.Image) -> Layout:
     """Return the text lines of an RGB page image, in reading order."""
     width, height = image.size
@@ -355,17 +410,17 @@ def analyse(image: Image.Image) -> Layout:
         regions = [(0, upright.shape[0], 0, upright.shape[1])]
     for number, (region_top, region_bottom, region_left, region_right) in enumerate(regions):
         part = upright[region_top:region_bottom, region_left:region_right]
-        for top, bottom in find_bands(part, spacing):
-            slope, pivot, middle, span = follow_line(part, top, bottom)
-            reach = _reach(top, bottom)
-            core = (max(0, int(middle - reach) - top), max(1, int(np.ceil(middle + reach)) - top))
-            box = _trim(_straighten(part, top, bottom, slope, pivot), core, span)
-            if box is None or box[3] - box[1] < min_height / 2 or box[2] - box[0] < min_height:
-                continue
-            pad_y, pad_x = LINE_MARGIN_Y * (box[3] - box[1]), LINE_MARGIN_X * (box[3] - box[1])
-            left, right = box[0] - pad_x, box[2] + pad_x
-            above, below = top + box[1] - pad_y, top + box[3] + pad_y
-            outline = [(region_left + x, region_top + y + slope * (x - pivot))
+        found = _lines_in(part, spacing, min_height)
+        if found:
+            # two lines sloping towards each other can share one band, whose line is then one of them: the other
+            # is ink that no line's cut holds, found again on its own (a stray mark holds too little ink to count)
+            most = max(line.ink for line in found)
+            found += [line for line in _lines_in(_uncovered(part, found), spacing, min_height) if line.ink >= LEFTOVER_SHARE * most]
+            found.sort(key=lambda line: line.row_at(part.shape[1] / 2.0))
+        for line in found:
+            pad_y, pad_x = line.margins()
+            (left, above), (right, below) = (line.box[0] - pad_x, line.box[1] - pad_y), (line.box[2] + pad_x, line.box[3] + pad_y)
+            outline = [(region_left + x, region_top + line.top + y + line.slope * (x - line.pivot))
                        for x, y in ((left, above), (right, above), (right, below), (left, below))]
             lines.append(_on_page(outline, scale, skew, (width, height), number))
     deskewed = image.rotate(skew, resample=Image.Resampling.BICUBIC, fillcolor=(255, 255, 255)) if skew else image
