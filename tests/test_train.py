@@ -292,3 +292,23 @@ def test_training_loss_scores_each_position_against_its_own_label():
     assert torch.allclose(output.loss, expected, atol=1e-6)
     shifted = torch.nn.functional.cross_entropy(output.logits[:, :-1].reshape(-1, 12), labels[:, 1:].reshape(-1), ignore_index=-100)
     assert not torch.allclose(output.loss, shifted, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, fast",
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n", False),
+        ("flags\t\t: avx2 avx512f avx512bw avx512_vnni\n", False),  # AVX-512 without BF16: emulated, slow
+        ("flags\t\t: avx2 avx512f avx512_bf16\n", True),
+        ("flags\t\t: avx2 amx_bf16 amx_tile amx_int8\n", True),
+        ("processor\t: 0\nFeatures\t: fp asimd bf16\n", None),  # Arm: no x86 flags line to read
+        (None, None),  # no /proc/cpuinfo
+    ],
+)
+def test_cpu_has_fast_bf16_reads_the_cpu_flags(tmp_path, cpuinfo, fast):
+    from htr.train.trainer import cpu_has_fast_bf16
+
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    assert cpu_has_fast_bf16(path) is fast

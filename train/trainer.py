@@ -80,6 +80,9 @@ def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data:
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
     random.seed(settings.seed)
+    if settings.bf16 and not _cuda() and cpu_has_fast_bf16() is False:
+        print("htr-train: this CPU has neither AVX512-BF16 nor AMX, so --bf16 is far slower than fp32 here "
+              "(about 30x on an AVX2-only CPU); leave it out", file=sys.stderr)
     args = Seq2SeqTrainingArguments(
         output_dir=str(settings.out_dir / "checkpoints"),
         max_steps=settings.steps,
@@ -255,3 +258,13 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[bool]:
+    """Return whether the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16), or None where its flags cannot be read."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) if flags else None
