@@ -1,9 +1,11 @@
 """`htr-export`: turn a Hugging Face VisionEncoderDecoder checkpoint into an htr bundle and verify it."""
 
+import math
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -117,6 +119,24 @@ def _quantize(fp32_dir, out_dir, mode, calibration, method, activations, eval_da
             f"(allowed: {max_cer_increase}); removed {out_dir}. Try another --calibration-method or --activations, "
             "more --calibration lines, or --keep-anyway")
         sys.exit(EXIT_ACCURACY)
+    if report["judged"] and report["cer_increase_points"] <= max_cer_increase:
+        note = _interval_note(report, max_cer_increase)
+        if note:
+            log(note)
+
+
+def _interval_note(report: dict, max_cer_increase: float) -> Optional[str]:
+    """Say so when the lines passed the gate on the point estimate but are too few to show the increase is within it."""
+    increase = report["cer_increase_points"]
+    high = report["cer_increase_interval_points"][1]
+    if high <= max_cer_increase:
+        return None
+    lines = report["lines"]
+    more = "more --eval-lines narrow it"
+    if increase < max_cer_increase:  # the interval's half-width shrinks as 1/sqrt(lines)
+        more = f"about {math.ceil(lines * ((high - increase) / (max_cer_increase - increase)) ** 2)} lines (--eval-lines) would narrow it to the allowance"
+    return (f"htr-export: kept, but the 95% interval of the increase reaches {high:+.2f} points, above the allowed "
+            f"{max_cer_increase}: {lines} lines cannot show int8 stays within it; {more}")
 
 
 def json_files(bundle_dir: Path) -> dict:

@@ -207,6 +207,26 @@ def test_export_refuses_an_int8_bundle_that_loses_accuracy(exported, lines, tmp_
     assert kept.exit_code == 0 and json.loads((tmp_path / "kept" / "manifest.json").read_text())["accuracy"]["cer_increase_points"] == 3.0
 
 
+def test_export_says_when_too_few_lines_show_int8_within_the_allowance(exported, lines, tmp_path, monkeypatch):
+    """A pass on the point estimate whose interval reaches past --max-cer-increase keeps the bundle and says how many lines would show it."""
+    import htr.export.quantize as quantize
+    from htr.export.cli import main
+
+    folder, _ = exported("vit-roberta")
+    data = _labelled(tmp_path / "eval", lines, ["x"] * len(lines))
+    args = ["--quantize", "dynamic", "--eval-data", str(data), "--verify", "0"]
+    for name, interval, note in [("wide", [-0.6, 1.4], "about 278 lines"), ("narrow", [-0.1, 0.9], None)]:
+        report = {"lines": 100, "fp32_cer": 0.1, "quantized_cer": 0.104, "cer_increase_points": 0.4,
+                  "cer_increase_interval_points": interval, "identical_share": 0.8, "judged": True}
+        monkeypatch.setattr(quantize, "compare_accuracy", lambda *a, report=report, **k: dict(report))
+        result = CliRunner().invoke(main, [str(folder), str(tmp_path / name)] + args)
+        assert result.exit_code == 0 and (tmp_path / name / "manifest.json").is_file()
+        if note:
+            assert "interval of the increase reaches +1.40 points" in result.stderr and note in result.stderr
+        else:
+            assert "interval of the increase" not in result.stderr
+
+
 def test_float_lm_head_keeps_the_output_projection_float(exported, lines, tmp_path):
     from htr.export.quantize import QuantizeSettings, lm_head, quantize_bundle
 
