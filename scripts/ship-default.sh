@@ -2,7 +2,7 @@
 # Exports the demo model (models/demo) as the bundle shipped inside htr (runtime/models/default):
 # static int8 calibrated on calibration_data/, verified against PyTorch, and compared with fp32 on
 # 1000 synthetic lines in the held-out fonts (the numbers land in the bundle's manifest.json; 100
-# lines, htr-export's default, leave a 95% interval about 4 points wide on this model).
+# lines, htr-export's default, leave a 95% interval about 1.5 points wide on this model).
 # Needs the export extra and the fonts (scripts/install-fonts.sh). Extra arguments go to htr-export.
 set -euo pipefail
 cd "$(dirname "$0")/.."
