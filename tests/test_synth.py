@@ -169,3 +169,33 @@ def test_evaluation_lines_stay_what_earlier_measurements_were_taken_on():
     lines = synth.SyntheticLines("eval", seed=7)
     assert [(t, synth.Path(f.path).name) for _, t, f in map(lines.sample, range(3))] == [
         ("long 13/9/67 heard: pictures! stamps? ink", "Breip.ttf"), ("month", "Breip.ttf"), ("autumn", "Kristi.ttf")]
+
+
+def test_blended_hands_lie_between_their_two_fonts():
+    """A blend at weight 0 or 1 is one of its fonts; in between it is a shape of its own with ink between theirs."""
+    fonts = [f for f in fonts_or_skip("train") if not f.path.startswith(synth.HERSHEY) and f.capitals == "no"]
+    pytest.importorskip("scipy")
+    paths = (fonts[0].path, fonts[-1].path)
+
+    def ink(char, weight):
+        mask, box = synth._blended_glyph(char, paths, weight, 48, 0)
+        return np.asarray(mask) >= 128, box
+
+    for char in "aR7":
+        own = [synth._baseline_glyph(char, path, 48, 0) for path in paths]
+        for weight, (glyph, box) in zip((0.0, 1.0), own):
+            blended, blended_box = ink(char, weight)
+            pad = box[0] - blended_box[0]
+            inside = blended[pad:pad + glyph.shape[0], pad:pad + glyph.shape[1]]
+            assert blended.sum() == inside.sum()  # no ink outside the font's own box
+            agree = (inside == (glyph >= 0.5)).mean()
+            assert agree > 0.98, (char, weight, agree)
+        middle, _ = ink(char, 0.5)
+        lo, hi = sorted(float((g >= 0.5).sum()) for g, _ in own)
+        assert lo - 2 <= middle.sum() <= hi + 2
+    lines, plain = synth.SyntheticLines("train", seed=6, blends=1.0), synth.SyntheticLines("train", seed=6, blends=0.0)
+    assert synth.SyntheticLines("train").blends > 0 and synth.SyntheticLines("eval").blends == 0
+    for i in range(6):
+        image, text, _ = lines.sample(i)
+        assert image.mode == "RGB" and image.width > image.height
+        assert text == plain.sample(i)[1]  # the blend is drawn after the text: it changes how a line is written, not what

@@ -143,6 +143,71 @@ def _jittered_text(text: str, font: ImageFont.FreeTypeFont, size: int, stroke: i
     return mask.crop(mask.getbbox() or (0, 0, 1, 1))
 
 
+def _baseline_glyph(char: str, font_path: str, size: int, stroke: int) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+    """Return the mask of one character (floats 0-1) and its box relative to the start of its baseline."""
+    font = _font(font_path, size)
+    box = font.getbbox(char, stroke_width=stroke, anchor="ls")
+    glyph = Image.new("L", (max(1, box[2] - box[0]), max(1, box[3] - box[1])), 0)
+    ImageDraw.Draw(glyph).text((-box[0], -box[1]), char, fill=255, font=font, stroke_width=stroke, stroke_fill=255, anchor="ls")
+    return np.asarray(glyph, dtype=np.float32) / 255.0, box
+
+
+def _signed_distance(glyph: np.ndarray) -> np.ndarray:
+    """Return each pixel centre's distance to the edge of the ink of a mask, negative inside the ink (the edge runs
+    between pixels: +-0.5 on either side of it)."""
+    from scipy.ndimage import distance_transform_edt
+
+    ink = glyph >= 0.5
+    if not ink.any():
+        return np.full(glyph.shape, float(sum(glyph.shape)), dtype=np.float32)
+    return np.where(ink, 0.5 - distance_transform_edt(ink), distance_transform_edt(~ink) - 0.5).astype(np.float32)
+
+
+def _blended_glyph(char: str, paths: Tuple[str, str], weight: float, size: int, stroke: int) -> Tuple[Image.Image, Tuple[int, int, int, int]]:
+    """Return a character written in a hand between two fonts, and its box relative to the baseline: both glyphs are
+    stretched to the box in between theirs (`weight` of the way to the second) and their signed distance fields mixed
+    by `weight`; the ink is where the mix lies below the level that leaves as much ink as the two glyphs have, mixed by
+    `weight`, so that where the two fonts' strokes do not meet, the strokes between them keep their weight. At a
+    weight of 0 or 1 the glyph is that font's own."""
+    (first, box_a), (second, box_b) = (_baseline_glyph(char, path, size, stroke) for path in paths)
+    box = tuple(round((1 - weight) * a + weight * b) for a, b in zip(box_a, box_b))
+    width, height = max(1, box[2] - box[0]), max(1, box[3] - box[1])
+    pad = max(2, size // 8)
+    field, ink = np.zeros((height + 2 * pad, width + 2 * pad), dtype=np.float32), 0.0
+    for glyph, share in ((first, 1 - weight), (second, weight)):
+        stretched = np.asarray(Image.fromarray((glyph * 255).astype(np.uint8), "L").resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+        ink += share * float((stretched >= 0.5).sum())
+        field += share * _signed_distance(np.pad(stretched, pad))
+    keep = round(ink)
+    if keep == 0:
+        return Image.new("L", field.shape[::-1], 0), box
+    ordered = np.partition(field.ravel(), (keep - 1, keep))
+    level = (ordered[keep - 1] + ordered[keep]) / 2  # the edge between the last pixel in and the first out
+    mask = np.clip(0.5 - (field - level), 0.0, 1.0)  # a pixel-wide soft edge
+    return Image.fromarray((mask * 255).astype(np.uint8), "L"), (box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad)
+
+
+def _blended_text(text: str, paths: Tuple[str, str], weight: float, size: int, stroke: int, rng: random.Random) -> Image.Image:
+    """Return a mask of `text` in a hand between two fonts (`_blended_glyph`), each character a little scaled, raised or
+    lowered, turned and spaced its own way as in `_jittered_text`: two fonts and a weight give a hand neither font has."""
+    fonts = [_font(path, size) for path in paths]
+    pad = size
+    width = int(max(f.getlength(text) for f in fonts) * 1.25) + 2 * pad
+    mask = Image.new("L", (width, 3 * size), 0)
+    x, baseline = float(pad), 2 * size
+    for char in text:
+        advance = (1 - weight) * fonts[0].getlength(char) + weight * fonts[1].getlength(char)
+        if not char.isspace():
+            scale = rng.uniform(0.88, 1.12)
+            glyph, box = _blended_glyph(char, paths, weight, max(8, round(size * scale)), stroke)
+            glyph = glyph.rotate(rng.uniform(-6, 6), resample=Image.Resampling.BILINEAR, expand=True)
+            y = baseline + box[1] + rng.uniform(-0.05, 0.05) * size
+            mask.paste(255, (int(x + box[0]), int(y)), glyph)
+            advance *= scale
+        x += advance + rng.uniform(-0.04, 0.06) * size
+    return mask.crop(mask.getbbox() or (0, 0, 1, 1))
+
+
 @lru_cache(maxsize=16)
 def _hershey_glyphs(name: str) -> dict:
     from HersheyFonts import HersheyFonts
@@ -266,7 +331,7 @@ def _padded(mask: Image.Image, pad: int) -> Image.Image:
     return padded
 
 
-def render_line(text: str, font_path: str, rng: random.Random, vary: bool = False) -> Image.Image:
+def render_line(text: str, font_path: str, rng: random.Random, vary: bool = False, blend: Optional[Tuple[str, float]] = None) -> Image.Image:
     """Return an RGB image of `text` written in the font (a font file, or `hershey:NAME` for a Hershey stroke font,
     drawn by `_stroke_text`), slanted, rotated, inked, on textured paper.
 
@@ -274,7 +339,8 @@ def render_line(text: str, font_path: str, rng: random.Random, vary: bool = Fals
     character is drawn a little differently (`_jittered_text`); on some the font is written again
     with another pen (`_repen`) or its strokes are made broader or finer (`_stroke_width`); and the
     strokes are warped by a smooth random displacement, so that a model learns letters rather than
-    a font's exact shapes.
+    a font's exact shapes. `blend` (another font file and a weight) writes the line in a hand
+    between the two fonts (`_blended_text`).
     """
     size = rng.randint(26, 60)
     pad = size // 2
@@ -283,7 +349,9 @@ def render_line(text: str, font_path: str, rng: random.Random, vary: bool = Fals
     else:
         font = _font(font_path, size)
         stroke = rng.choice([0, 0, 0, 1]) if size > 34 else 0
-        if vary and rng.random() < 0.7:
+        if blend is not None:
+            mask = _padded(_blended_text(text, (font_path, blend[0]), blend[1], size, stroke, rng), pad)
+        elif vary and rng.random() < 0.7:
             mask = _padded(_jittered_text(text, font, size, stroke, rng), pad)
         else:
             left, top, right, bottom = font.getbbox(text)
@@ -350,15 +418,18 @@ class SyntheticLines:
     `vary` (default: for the train split) draws each line's characters and strokes with a hand's
     variation (see `render_line`); evaluation lines are the fonts as they are. `strings` is the
     share of lines that are random characters (`random_string`) instead of words (default: 0.15
-    for the train split, none for eval, whose lines stay comparable from run to run).
+    for the train split, none for eval, whose lines stay comparable from run to run). `blends` is
+    the share of lines written in a hand between their font and another of the split that draws
+    case the same way (`_blended_text`; default: 0.25 for the train split, none for eval).
     """
 
     def __init__(self, split: str = "train", seed: int = 0, size: int = 1_000_000, vary: Optional[bool] = None,
-                 strings: Optional[float] = None):
+                 strings: Optional[float] = None, blends: Optional[float] = None):
         self.fonts = load_fonts(split)
         self.split, self.seed, self.size = split, seed, size
         self.vary = split == "train" if vary is None else vary
         self.strings = (0.15 if split == "train" else 0.0) if strings is None else strings
+        self.blends = (0.25 if split == "train" else 0.0) if blends is None else blends
 
     def __len__(self) -> int:
         return self.size
@@ -376,7 +447,12 @@ class SyntheticLines:
         font = rng.choice(self.fonts)
         if font.capitals == "yes":
             text = text.upper()
-        return render_line(text, font.path, rng, vary=self.vary), text, font
+        blend = None
+        if self.blends and not font.path.startswith(HERSHEY) and rng.random() < self.blends:
+            partners = [f for f in self.fonts if f.capitals == font.capitals and f.path != font.path and not f.path.startswith(HERSHEY)]
+            if partners:
+                blend = (rng.choice(partners).path, rng.uniform(0.3, 0.7))
+        return render_line(text, font.path, rng, vary=self.vary, blend=blend), text, font
 
 
 
