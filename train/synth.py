@@ -178,13 +178,13 @@ def _blended_glyph(char: str, paths: Tuple[str, str], weight: float, size: int, 
         stretched = np.asarray(Image.fromarray((glyph * 255).astype(np.uint8), "L").resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
         ink += share * float((stretched >= 0.5).sum())
         field += share * _signed_distance(np.pad(stretched, pad))
-    keep = round(ink)
+    keep, padded = round(ink), (box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad)
     if keep == 0:
-        return Image.new("L", field.shape[::-1], 0), box
+        return Image.new("L", field.shape[::-1], 0), padded
     ordered = np.partition(field.ravel(), (keep - 1, keep))
     level = (ordered[keep - 1] + ordered[keep]) / 2  # the edge between the last pixel in and the first out
     mask = np.clip(0.5 - (field - level), 0.0, 1.0)  # a pixel-wide soft edge
-    return Image.fromarray((mask * 255).astype(np.uint8), "L"), (box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad)
+    return Image.fromarray((mask * 255).astype(np.uint8), "L"), padded
 
 
 def _blended_text(text: str, paths: Tuple[str, str], weight: float, size: int, stroke: int, rng: random.Random) -> Image.Image:
