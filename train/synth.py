@@ -13,7 +13,7 @@ import string
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -120,27 +120,37 @@ def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
-def _jittered_text(text: str, font: ImageFont.FreeTypeFont, size: int, stroke: int, rng: random.Random) -> Image.Image:
-    """Return a mask of `text` drawn one character at a time, each a little scaled, raised or lowered, turned and spaced
-    its own way, as no hand writes a letter twice alike."""
-    pad = size
-    width = int(font.getlength(text) * 1.25) + 2 * pad
+def _laid_out(text: str, width: int, size: int, advance: Callable[[str], float],
+              glyph: Callable[[str, float], Tuple[Image.Image, float, float]], rng: random.Random) -> Image.Image:
+    """Return a mask `width` wide and three sizes high of `text` laid out one character at a time from a pen that starts
+    one size in, each character a little scaled, raised or lowered, turned and spaced its own way, as no hand writes a
+    letter twice alike. `advance(char)` is how far the pen moves after a character at its own size; `glyph(char,
+    scale)` draws it at that scale and says where its image goes, across from the pen and down from the mask's top."""
     mask = Image.new("L", (width, 3 * size), 0)
-    x = float(pad)
+    x = float(size)
     for char in text:
-        advance = font.getlength(char)
+        step = advance(char)
         if not char.isspace():
             scale = rng.uniform(0.88, 1.12)
-            glyph_font = _font(font.path, max(8, round(size * scale)))
-            box = glyph_font.getbbox(char, stroke_width=stroke)
-            glyph = Image.new("L", (box[2] - box[0] + 4, box[3] - box[1] + 4), 0)
-            ImageDraw.Draw(glyph).text((2 - box[0], 2 - box[1]), char, fill=255, font=glyph_font, stroke_width=stroke, stroke_fill=255)
-            glyph = glyph.rotate(rng.uniform(-6, 6), resample=Image.Resampling.BILINEAR, expand=True)
-            y = size + box[1] + rng.uniform(-0.05, 0.05) * size - 2
-            mask.paste(255, (int(x + box[0] * scale) - 2, int(y)), glyph)
-            advance *= scale
-        x += advance + rng.uniform(-0.04, 0.06) * size
+            image, across, down = glyph(char, scale)
+            image = image.rotate(rng.uniform(-6, 6), resample=Image.Resampling.BILINEAR, expand=True)
+            mask.paste(255, (int(x + across), int(down + rng.uniform(-0.05, 0.05) * size)), image)
+            step *= scale
+        x += step + rng.uniform(-0.04, 0.06) * size
     return mask.crop(mask.getbbox() or (0, 0, 1, 1))
+
+
+def _jittered_text(text: str, font: ImageFont.FreeTypeFont, size: int, stroke: int, rng: random.Random) -> Image.Image:
+    """Return a mask of `text` in the font, each character drawn its own way (`_laid_out`)."""
+
+    def glyph(char: str, scale: float) -> Tuple[Image.Image, float, float]:
+        glyph_font = _font(font.path, max(8, round(size * scale)))
+        box = glyph_font.getbbox(char, stroke_width=stroke)
+        image = Image.new("L", (box[2] - box[0] + 4, box[3] - box[1] + 4), 0)
+        ImageDraw.Draw(image).text((2 - box[0], 2 - box[1]), char, fill=255, font=glyph_font, stroke_width=stroke, stroke_fill=255)
+        return image, box[0] * scale - 2, size + box[1] - 2
+
+    return _laid_out(text, int(font.getlength(text) * 1.25) + 2 * size, size, font.getlength, glyph, rng)
 
 
 def _baseline_glyph(char: str, font_path: str, size: int, stroke: int) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
@@ -188,24 +198,18 @@ def _blended_glyph(char: str, paths: Tuple[str, str], weight: float, size: int, 
 
 
 def _blended_text(text: str, paths: Tuple[str, str], weight: float, size: int, stroke: int, rng: random.Random) -> Image.Image:
-    """Return a mask of `text` in a hand between two fonts (`_blended_glyph`), each character a little scaled, raised or
-    lowered, turned and spaced its own way as in `_jittered_text`: two fonts and a weight give a hand neither font has."""
+    """Return a mask of `text` in a hand between two fonts (`_blended_glyph`), each character drawn its own way
+    (`_laid_out`): two fonts and a weight give a hand neither font has."""
     fonts = [_font(path, size) for path in paths]
-    pad = size
-    width = int(max(f.getlength(text) for f in fonts) * 1.25) + 2 * pad
-    mask = Image.new("L", (width, 3 * size), 0)
-    x, baseline = float(pad), 2 * size
-    for char in text:
-        advance = (1 - weight) * fonts[0].getlength(char) + weight * fonts[1].getlength(char)
-        if not char.isspace():
-            scale = rng.uniform(0.88, 1.12)
-            glyph, box = _blended_glyph(char, paths, weight, max(8, round(size * scale)), stroke)
-            glyph = glyph.rotate(rng.uniform(-6, 6), resample=Image.Resampling.BILINEAR, expand=True)
-            y = baseline + box[1] + rng.uniform(-0.05, 0.05) * size
-            mask.paste(255, (int(x + box[0]), int(y)), glyph)
-            advance *= scale
-        x += advance + rng.uniform(-0.04, 0.06) * size
-    return mask.crop(mask.getbbox() or (0, 0, 1, 1))
+
+    def advance(char: str) -> float:
+        return (1 - weight) * fonts[0].getlength(char) + weight * fonts[1].getlength(char)
+
+    def glyph(char: str, scale: float) -> Tuple[Image.Image, float, float]:
+        image, box = _blended_glyph(char, paths, weight, max(8, round(size * scale)), stroke)
+        return image, box[0], 2 * size + box[1]
+
+    return _laid_out(text, int(max(f.getlength(text) for f in fonts) * 1.25) + 2 * size, size, advance, glyph, rng)
 
 
 @lru_cache(maxsize=16)
@@ -430,6 +434,8 @@ class SyntheticLines:
         self.vary = split == "train" if vary is None else vary
         self.strings = (0.15 if split == "train" else 0.0) if strings is None else strings
         self.blends = (0.25 if split == "train" else 0.0) if blends is None else blends
+        outline = [f for f in self.fonts if not f.path.startswith(HERSHEY)]
+        self.partners = {f.path: [p for p in outline if p.capitals == f.capitals and p.path != f.path] for f in outline}
 
     def __len__(self) -> int:
         return self.size
@@ -448,8 +454,8 @@ class SyntheticLines:
         if font.capitals == "yes":
             text = text.upper()
         blend = None
-        if self.blends and not font.path.startswith(HERSHEY) and rng.random() < self.blends:
-            partners = [f for f in self.fonts if f.capitals == font.capitals and f.path != font.path and not f.path.startswith(HERSHEY)]
+        if self.blends and font.path in self.partners and rng.random() < self.blends:
+            partners = self.partners[font.path]
             if partners:
                 blend = (rng.choice(partners).path, rng.uniform(0.3, 0.7))
         return render_line(text, font.path, rng, vary=self.vary, blend=blend), text, font
