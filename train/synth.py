@@ -424,7 +424,7 @@ class SyntheticLines:
     share of lines that are random characters (`random_string`) instead of words (default: 0.15
     for the train split, none for eval, whose lines stay comparable from run to run). `blends` is
     the share of lines written in a hand between their font and another of the split that draws
-    case the same way (`_blended_text`; default: 0.25 for the train split, none for eval).
+    case the same way (`_blended_text`; default: half the train split, none for eval).
     """
 
     def __init__(self, split: str = "train", seed: int = 0, size: int = 1_000_000, vary: Optional[bool] = None,
@@ -433,7 +433,7 @@ class SyntheticLines:
         self.split, self.seed, self.size = split, seed, size
         self.vary = split == "train" if vary is None else vary
         self.strings = (0.15 if split == "train" else 0.0) if strings is None else strings
-        self.blends = (0.25 if split == "train" else 0.0) if blends is None else blends
+        self.blends = (0.5 if split == "train" else 0.0) if blends is None else blends
         outline = [f for f in self.fonts if not f.path.startswith(HERSHEY)]
         self.partners = {f.path: [p for p in outline if p.capitals == f.capitals and p.path != f.path] for f in outline}
 
