@@ -120,6 +120,34 @@ def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
+@lru_cache(maxsize=None)
+def _lacking(path: str) -> frozenset:
+    """Return the printable ASCII characters that a font has no glyph for: an outline font draws them as its .notdef
+    glyph (what it draws for U+FFFF, which no font maps), a Hershey stroke font has no entry for them."""
+    chars = string.ascii_letters + string.digits + string.punctuation
+    if path.startswith(HERSHEY):
+        glyphs = _hershey_glyphs(path[len(HERSHEY):])
+        return frozenset(c for c in chars if c not in glyphs)
+    font = _font(path, 32)
+
+    def drawn(char: str) -> bytes:
+        image = Image.new("L", (96, 96), 0)
+        ImageDraw.Draw(image).text((16, 16), char, fill=255, font=font)
+        return image.tobytes()
+
+    notdef = drawn("\uffff")
+    return frozenset(c for c in chars if drawn(c) == notdef)
+
+
+def _writable(text: str, path: str) -> str:
+    """Return `text` without the characters that the font lacks (and without the spaces that doubles), so that a line's
+    label is what its image shows; the text as it is for a font that has them all."""
+    lacking = _lacking(path)
+    if not lacking.intersection(text):
+        return text
+    return " ".join("".join(c for c in text if c not in lacking).split())
+
+
 def _laid_out(text: str, width: int, size: int, advance: Callable[[str], float],
               glyph: Callable[[str, float], Tuple[Image.Image, float, float]], rng: random.Random) -> Image.Image:
     """Return a mask `width` wide and three sizes high of `text` laid out one character at a time from a pen that starts
@@ -453,9 +481,12 @@ class SyntheticLines:
         font = rng.choice(self.fonts)
         if font.capitals == "yes":
             text = text.upper()
+        text = _writable(text, font.path)
+        if not text:  # every character was one the font lacks (random characters in a font without some punctuation)
+            text = _writable(random_text(rng).upper() if font.capitals == "yes" else random_text(rng), font.path)
         blend = None
         if self.blends and font.path in self.partners and rng.random() < self.blends:
-            partners = self.partners[font.path]
+            partners = [p for p in self.partners[font.path] if not _lacking(p.path).intersection(text)]
             if partners:
                 blend = (rng.choice(partners).path, rng.uniform(0.3, 0.7))
         return render_line(text, font.path, rng, vary=self.vary, blend=blend), text, font
@@ -507,7 +538,7 @@ def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = No
     texts, outlines = [], []
     for slot_x, slot_y, widest in slots:
         text = " ".join(random_text(rng) for _ in range(2))
-        text = text.upper() if font_choice.capitals == "yes" else text
+        text = _writable(text.upper() if font_choice.capitals == "yes" else text, font_choice.path)
         while text and font.getbbox(text)[2] > widest:
             text = text.rsplit(" ", 1)[0] if " " in text else text[:-1]
         x = slot_x + rng.randint(0, 30)
