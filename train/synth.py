@@ -140,8 +140,8 @@ def _lacking(path: str) -> frozenset:
 
 
 def _writable(text: str, path: str) -> str:
-    """Return `text` without the characters that the font lacks (and without the spaces that doubles), so that a line's
-    label is what its image shows; the text as it is for a font that has them all."""
+    """Return `text` without the characters that the font lacks (and without the doubled spaces that leaves), so that a
+    line's label is what its image shows; the text as it is for a font that has them all."""
     lacking = _lacking(path)
     if not lacking.intersection(text):
         return text
