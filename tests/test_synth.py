@@ -8,6 +8,11 @@ from htr.errors import HtrError
 synth = pytest.importorskip("htr.train.synth")
 
 
+def text_alphabet():
+    """Every character that the line texts (`random_text`, `random_string`) can hold."""
+    return set("".join(synth._words()) + "".join(synth._NAMES + synth._MONTHS) + "".join(synth._STRING_CHARS) + "0123456789 -")
+
+
 def fonts_or_skip(split):
     try:
         return synth.load_fonts(split)
@@ -149,7 +154,7 @@ def test_hershey_stroke_fonts_write_every_character_of_the_texts_with_a_pen():
     hershey = hershey_or_skip()
     assert {f.path for f in hershey} == {"hershey:cursive", "hershey:scriptc", "hershey:scripts", "hershey:futural"}
     assert synth._installed_path("hershey:cursive") == "hershey:cursive"
-    alphabet = set("".join(synth._words()) + "".join(synth._NAMES + synth._MONTHS) + "".join(synth._STRING_CHARS) + "0123456789 -")
+    alphabet = text_alphabet()
     for font in hershey:
         assert alphabet <= set(synth._hershey_glyphs(font.path[len(synth.HERSHEY):])), font.path
         short = synth._stroke_text("ab", font.path, 40, random.Random(0), vary=True)
@@ -168,16 +173,15 @@ def test_a_font_that_lacks_characters_writes_lines_without_them():
     import string
 
     fonts = fonts_or_skip("train")
-    alphabet = set("".join(synth._words()) + "".join(synth._NAMES + synth._MONTHS) + "".join(synth._STRING_CHARS) + "0123456789-")
     for font in fonts_or_skip("eval"):  # the held-out lines stay what they were
-        assert not synth._lacking(font.path) & alphabet, font.path
+        assert not synth._lacking(font.path) & text_alphabet(), font.path
     tomson = [f for f in fonts if f.path.endswith("TomsonTalks.ttf")]
     if not tomson:
         pytest.skip("fonts-tomsontalks is not installed (scripts/install-fonts.sh)")
     lacking = synth._lacking(tomson[0].path)
     assert set('"$()') <= lacking and not lacking & set(string.ascii_uppercase + string.digits + ".,;:!?'%/")
-    assert synth._writable('"$5" (TEST) A', tomson[0].path) == "5 TEST A"
-    assert synth._writable("FULL STOP.", tomson[0].path) == "FULL STOP."
+    assert synth._written('"$5" (Test) a', tomson[0]) == "5 TEST A"
+    assert synth._written("Full stop.", tomson[0]) == "FULL STOP."
     lines = synth.SyntheticLines("train", seed=9, strings=1.0)
     lines.fonts = tomson
     for i in range(12):

@@ -139,10 +139,11 @@ def _lacking(path: str) -> frozenset:
     return frozenset(c for c in chars if drawn(c) == notdef)
 
 
-def _writable(text: str, path: str) -> str:
-    """Return `text` without the characters that the font lacks (and without the doubled spaces that leaves), so that a
-    line's label is what its image shows; the text as it is for a font that has them all."""
-    lacking = _lacking(path)
+def _written(text: str, font: Font) -> str:
+    """Return `text` as the font writes it, so that a line's label is what its image shows: in capitals for a font that
+    draws lower case as capitals, and without the characters that the font lacks (nor the doubled spaces that leaves)."""
+    text = text.upper() if font.capitals == "yes" else text
+    lacking = _lacking(font.path)
     if not lacking.intersection(text):
         return text
     return " ".join("".join(c for c in text if c not in lacking).split())
@@ -479,11 +480,9 @@ class SyntheticLines:
         if self.strings and rng.random() < self.strings:
             text = random_string(rng)
         font = rng.choice(self.fonts)
-        if font.capitals == "yes":
-            text = text.upper()
-        text = _writable(text, font.path)
+        text = _written(text, font)
         if not text:  # every character was one the font lacks (random characters in a font without some punctuation)
-            text = _writable(random_text(rng).upper() if font.capitals == "yes" else random_text(rng), font.path)
+            text = _written(random_text(rng), font)
         blend = None
         if self.blends and font.path in self.partners and rng.random() < self.blends:
             partners = [p for p in self.partners[font.path] if not _lacking(p.path).intersection(text)]
@@ -537,8 +536,7 @@ def render_page(fonts: List[Font], rng: random.Random, lines: Optional[int] = No
     draw = ImageDraw.Draw(mask)
     texts, outlines = [], []
     for slot_x, slot_y, widest in slots:
-        text = " ".join(random_text(rng) for _ in range(2))
-        text = _writable(text.upper() if font_choice.capitals == "yes" else text, font_choice.path)
+        text = _written(" ".join(random_text(rng) for _ in range(2)), font_choice)
         while text and font.getbbox(text)[2] > widest:
             text = text.rsplit(" ", 1)[0] if " " in text else text[:-1]
         x = slot_x + rng.randint(0, 30)
