@@ -103,7 +103,7 @@ def breakdown(rows: List[dict]) -> str:
             for char, bad in zip(r["reference"], misread(r["reference"], r["texts"][k] or "")):
                 for place in places:
                     wrong[k][place, character_class(char)] += bad
-    lines += ["", f"| lines | characters | count | " + " | ".join(f"bundle {k + 1} misread" for k in range(bundles)) + " |",
+    lines += ["", "| lines | characters | count | " + " | ".join(f"bundle {k + 1} misread" for k in range(bundles)) + " |",
               "|---|---|---|" + "---|" * bundles]
     for name in ["all"] + sorted(k for k in groups if k != "all"):
         for key in ((name, c) for c in CLASSES if counts[name, c]):
