@@ -75,14 +75,16 @@ def breakdown(rows: List[dict]) -> str:
     character class misread, over all lines and by font, per bundle."""
     bundles = len(rows[0]["texts"])
     fonts = fonts_beside([r["path"] for r in rows])
-    groups = defaultdict(list)
+    groups, places = defaultdict(list), []
     for r in rows:
-        groups["all"].append(r)
-        groups[fonts.get(r["path"], "?")].append(r)
+        places.append(("all", fonts.get(r["path"], "?")))
+        for place in places[-1]:
+            groups[place].append(r)
+    names = ["all"] + sorted(k for k in groups if k != "all")
     head = " | ".join(f"bundle {k + 1} CER" for k in range(bundles))
     lines = [f"| lines | count | {head} |" + (" change, points (95%) |" if bundles == 2 else ""),
              "|---|---|" + "---|" * bundles + ("---|" if bundles == 2 else "")]
-    for name in ["all"] + sorted(k for k in groups if k != "all"):
+    for name in names:
         group = groups[name]
         references = [r["reference"] for r in group]
         texts = [[r["texts"][k] for r in group] for k in range(bundles)]
@@ -94,18 +96,17 @@ def breakdown(rows: List[dict]) -> str:
             row += f" {100 * (cers[1] - cers[0]):+.2f} ({low:+.2f} to {high:+.2f}) |"
         lines.append(row)
     counts, wrong = defaultdict(int), [defaultdict(int) for _ in range(bundles)]
-    for r in rows:
-        places = ("all", fonts.get(r["path"], "?"))
+    for r, row_places in zip(rows, places):
         for char in r["reference"]:
-            for place in places:
+            for place in row_places:
                 counts[place, character_class(char)] += 1
         for k in range(bundles):
             for char, bad in zip(r["reference"], misread(r["reference"], r["texts"][k] or "")):
-                for place in places:
+                for place in row_places:
                     wrong[k][place, character_class(char)] += bad
     lines += ["", "| lines | characters | count | " + " | ".join(f"bundle {k + 1} misread" for k in range(bundles)) + " |",
               "|---|---|---|" + "---|" * bundles]
-    for name in ["all"] + sorted(k for k in groups if k != "all"):
+    for name in names:
         for key in ((name, c) for c in CLASSES if counts[name, c]):
             lines.append(f"| {name} | {key[1]} | {counts[key]} | " + " | ".join(f"{100 * w[key] / counts[key]:.1f}%" for w in wrong) + " |")
     return "\n".join(lines)
