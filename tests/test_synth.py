@@ -207,7 +207,7 @@ def test_blended_hands_lie_between_their_two_fonts():
     paths = (fonts["dkg.ttf"], fonts["Z003-MediumItalic.otf"])
 
     def ink(char, weight):
-        mask, box = synth._blended_glyph(char, paths, weight, 48, 0)
+        mask, box = synth._blended_glyph(char, paths, (1 - weight, weight), 48, 0)
         return np.asarray(mask) >= 128, box
 
     for char in "aR7":
@@ -224,7 +224,29 @@ def test_blended_hands_lie_between_their_two_fonts():
         assert lo - 2 <= middle.sum() <= hi + 2
     lines, plain = synth.SyntheticLines("train", seed=6, blends=1.0), synth.SyntheticLines("train", seed=6, blends=0.0)
     assert synth.SyntheticLines("train").blends > 0 and synth.SyntheticLines("eval").blends == 0
+    trios = synth.SyntheticLines("train", seed=6, blends=1.0, trios=1.0)
     for i in range(6):
         image, text, _ = lines.sample(i)
         assert image.mode == "RGB" and image.width > image.height
-        assert text == plain.sample(i)[1]  # the blend is drawn after the text: it changes how a line is written, not what
+        assert text == plain.sample(i)[1] == trios.sample(i)[1]  # the blend is drawn after the text: it changes how a line is written, not what
+
+
+def test_three_font_blends_lie_between_their_fonts():
+    """A blend of three fonts with all the share on one is that font; with the shares spread, its ink lies between theirs."""
+    fonts = {synth.Path(f.path).name: f.path for f in fonts_or_skip("train")}
+    if not {"dkg.ttf", "Z003-MediumItalic.otf", "DancingScript-Regular.otf"} <= set(fonts):
+        pytest.skip("fonts-dkg-handwriting, fonts-urw-base35 and Dancing Script are not installed (scripts/install-fonts.sh)")
+    pytest.importorskip("scipy")
+    paths = (fonts["dkg.ttf"], fonts["Z003-MediumItalic.otf"], fonts["DancingScript-Regular.otf"])
+    for char in "aR7":
+        own = [synth._baseline_glyph(char, path, 48, 0) for path in paths]
+        for i, (glyph, box) in enumerate(own):
+            shares = [1.0 if j == i else 0.0 for j in range(3)]
+            mask, blended_box = synth._blended_glyph(char, paths, shares, 48, 0)
+            pad = box[0] - blended_box[0]
+            blended = np.asarray(mask) >= 128
+            inside = blended[pad:pad + glyph.shape[0], pad:pad + glyph.shape[1]]
+            assert blended.sum() == inside.sum() and (inside == (glyph >= 0.5)).mean() > 0.98, (char, i)
+        mask, _ = synth._blended_glyph(char, paths, (0.3, 0.3, 0.4), 48, 0)
+        inks = [float((g >= 0.5).sum()) for g, _ in own]
+        assert min(inks) - 2 <= (np.asarray(mask) >= 128).sum() <= max(inks) + 2

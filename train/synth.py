@@ -13,7 +13,7 @@ import string
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -202,18 +202,20 @@ def _signed_distance(glyph: np.ndarray) -> np.ndarray:
     return np.where(ink, 0.5 - distance_transform_edt(ink), distance_transform_edt(~ink) - 0.5).astype(np.float32)
 
 
-def _blended_glyph(char: str, paths: Tuple[str, str], weight: float, size: int, stroke: int) -> Tuple[Image.Image, Tuple[int, int, int, int]]:
-    """Return a character written in a hand between two fonts, and its box relative to the baseline: both glyphs are
-    stretched to the box in between theirs (`weight` of the way to the second) and their signed distance fields mixed
-    by `weight`; the ink is where the mix lies below the level that leaves as much ink as the two glyphs have, mixed by
-    `weight`, so that where the two fonts' strokes do not meet, the strokes between them keep their weight. At a
-    weight of 0 or 1 the glyph is that font's own."""
-    (first, box_a), (second, box_b) = (_baseline_glyph(char, path, size, stroke) for path in paths)
-    box = tuple(round((1 - weight) * a + weight * b) for a, b in zip(box_a, box_b))
+def _blended_glyph(char: str, paths: Sequence[str], shares: Sequence[float], size: int, stroke: int) -> Tuple[Image.Image, Tuple[int, int, int, int]]:
+    """Return a character written in a hand between two or more fonts, and its box relative to the baseline: each
+    font's glyph is stretched to the box that mixes theirs by `shares` (one per font, summing to 1) and their signed
+    distance fields mixed by the same shares; the ink is where the mix lies below the level that leaves as much ink as
+    the glyphs have, mixed the same way, so that where the fonts' strokes do not meet, the strokes between them keep
+    their weight. A font with a share of 1 gives its own glyph."""
+    glyphs = [_baseline_glyph(char, path, size, stroke) for path in paths]
+    box = tuple(round(sum(share * own[i] for share, (_, own) in zip(shares, glyphs))) for i in range(4))
     width, height = max(1, box[2] - box[0]), max(1, box[3] - box[1])
     pad = max(2, size // 8)
     field, ink = np.zeros((height + 2 * pad, width + 2 * pad), dtype=np.float32), 0.0
-    for glyph, share in ((first, 1 - weight), (second, weight)):
+    for (glyph, _), share in zip(glyphs, shares):
+        if share == 0:
+            continue
         stretched = np.asarray(Image.fromarray((glyph * 255).astype(np.uint8), "L").resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
         ink += share * float((stretched >= 0.5).sum())
         field += share * _signed_distance(np.pad(stretched, pad))
@@ -226,16 +228,16 @@ def _blended_glyph(char: str, paths: Tuple[str, str], weight: float, size: int, 
     return Image.fromarray((mask * 255).astype(np.uint8), "L"), padded
 
 
-def _blended_text(text: str, paths: Tuple[str, str], weight: float, size: int, stroke: int, rng: random.Random) -> Image.Image:
-    """Return a mask of `text` in a hand between two fonts (`_blended_glyph`), each character drawn its own way
-    (`_laid_out`): two fonts and a weight give a hand neither font has."""
+def _blended_text(text: str, paths: Sequence[str], shares: Sequence[float], size: int, stroke: int, rng: random.Random) -> Image.Image:
+    """Return a mask of `text` in a hand between fonts (`_blended_glyph`, mixed by `shares`), each character drawn its
+    own way (`_laid_out`): fonts and shares give a hand none of the fonts has."""
     fonts = [_font(path, size) for path in paths]
 
     def advance(char: str) -> float:
-        return (1 - weight) * fonts[0].getlength(char) + weight * fonts[1].getlength(char)
+        return sum(share * font.getlength(char) for share, font in zip(shares, fonts))
 
     def glyph(char: str, scale: float) -> Tuple[Image.Image, float, float]:
-        image, box = _blended_glyph(char, paths, weight, max(8, round(size * scale)), stroke)
+        image, box = _blended_glyph(char, paths, shares, max(8, round(size * scale)), stroke)
         return image, box[0], 2 * size + box[1]
 
     return _laid_out(text, int(max(f.getlength(text) for f in fonts) * 1.25) + 2 * size, size, advance, glyph, rng)
@@ -364,7 +366,8 @@ def _padded(mask: Image.Image, pad: int) -> Image.Image:
     return padded
 
 
-def render_line(text: str, font_path: str, rng: random.Random, vary: bool = False, blend: Optional[Tuple[str, float]] = None) -> Image.Image:
+def render_line(text: str, font_path: str, rng: random.Random, vary: bool = False,
+                blend: Optional[Sequence[Tuple[str, float]]] = None) -> Image.Image:
     """Return an RGB image of `text` written in the font (a font file, or `hershey:NAME` for a Hershey stroke font,
     drawn by `_stroke_text`), slanted, rotated, inked, on textured paper.
 
@@ -372,8 +375,8 @@ def render_line(text: str, font_path: str, rng: random.Random, vary: bool = Fals
     character is drawn a little differently (`_jittered_text`); on some the font is written again
     with another pen (`_repen`) or its strokes are made broader or finer (`_stroke_width`); and the
     strokes are warped by a smooth random displacement, so that a model learns letters rather than
-    a font's exact shapes. `blend` (another font file and a weight) writes the line in a hand
-    between the two fonts (`_blended_text`).
+    a font's exact shapes. `blend` (other font files, each with its share; the line's own font
+    has the rest) writes the line in a hand between the fonts (`_blended_text`).
     """
     size = rng.randint(26, 60)
     pad = size // 2
@@ -383,7 +386,9 @@ def render_line(text: str, font_path: str, rng: random.Random, vary: bool = Fals
         font = _font(font_path, size)
         stroke = rng.choice([0, 0, 0, 1]) if size > 34 else 0
         if blend is not None:
-            mask = _padded(_blended_text(text, (font_path, blend[0]), blend[1], size, stroke, rng), pad)
+            others = [path for path, _ in blend]
+            shares = [share for _, share in blend]
+            mask = _padded(_blended_text(text, [font_path] + others, [1 - sum(shares)] + shares, size, stroke, rng), pad)
         elif vary and rng.random() < 0.7:
             mask = _padded(_jittered_text(text, font, size, stroke, rng), pad)
         else:
@@ -453,16 +458,18 @@ class SyntheticLines:
     share of lines that are random characters (`random_string`) instead of words (default: 0.15
     for the train split, none for eval, whose lines stay comparable from run to run). `blends` is
     the share of lines written in a hand between their font and another of the split that draws
-    case the same way (`_blended_text`; default: half the train split, none for eval).
+    case the same way (`_blended_text`; default: half the train split, none for eval), and `trios`
+    the share of those blended from three such fonts instead of two (default: half).
     """
 
     def __init__(self, split: str = "train", seed: int = 0, size: int = 1_000_000, vary: Optional[bool] = None,
-                 strings: Optional[float] = None, blends: Optional[float] = None):
+                 strings: Optional[float] = None, blends: Optional[float] = None, trios: float = 0.5):
         self.fonts = load_fonts(split)
         self.split, self.seed, self.size = split, seed, size
         self.vary = split == "train" if vary is None else vary
         self.strings = (0.15 if split == "train" else 0.0) if strings is None else strings
         self.blends = (0.5 if split == "train" else 0.0) if blends is None else blends
+        self.trios = trios
         outline = [f for f in self.fonts if not f.path.startswith(HERSHEY)]
         self.partners = {f.path: [p for p in outline if p.capitals == f.capitals and p.path != f.path] for f in outline}
 
@@ -487,7 +494,13 @@ class SyntheticLines:
         if self.blends and font.path in self.partners and rng.random() < self.blends:
             partners = [p for p in self.partners[font.path] if not _lacking(p.path).intersection(text)]
             if partners:
-                blend = (rng.choice(partners).path, rng.uniform(0.3, 0.7))
+                other = rng.choice(partners)
+                blend = [(other.path, rng.uniform(0.3, 0.7))]
+                thirds = [p for p in partners if p.path != other.path]
+                if self.trios and thirds and rng.random() < self.trios:
+                    low, high = sorted((rng.random(), rng.random()))  # a point drawn evenly from the triangle of shares,
+                    shares = [0.15 + 0.55 * x for x in (low, high - low, 1 - high)]  # each font's at least 0.15
+                    blend = [(other.path, shares[1]), (rng.choice(thirds).path, shares[2])]
         return render_line(text, font.path, rng, vary=self.vary, blend=blend), text, font
 
 
