@@ -235,7 +235,7 @@ def test_three_font_blends_lie_between_their_fonts():
     """A blend of three fonts with all the share on one is that font; with the shares spread, its ink lies between theirs."""
     fonts = {synth.Path(f.path).name: f.path for f in fonts_or_skip("train")}
     if not {"dkg.ttf", "Z003-MediumItalic.otf", "DancingScript-Regular.otf"} <= set(fonts):
-        pytest.skip("fonts-dkg-handwriting, fonts-urw-base35 and Dancing Script are not installed (scripts/install-fonts.sh)")
+        pytest.skip("fonts-dkg-handwriting, fonts-urw-base35 and fonts-dancingscript are not installed (scripts/install-fonts.sh)")
     pytest.importorskip("scipy")
     paths = (fonts["dkg.ttf"], fonts["Z003-MediumItalic.otf"], fonts["DancingScript-Regular.otf"])
     for char in "aR7":
