@@ -197,6 +197,24 @@ def test_evaluation_lines_stay_what_earlier_measurements_were_taken_on():
         ("long 13/9/67 heard: pictures! stamps? ink", "Breip.ttf"), ("month", "Breip.ttf"), ("autumn", "Kristi.ttf")]
 
 
+def assert_blends_lie_between(paths, spread):
+    """With all the share on one font a blend is that font's own glyph; with the shares `spread`, its ink lies between
+    the fonts'."""
+    for char in "aR7":
+        own = [synth._baseline_glyph(char, path, 48, 0) for path in paths]
+        for i, (glyph, box) in enumerate(own):
+            mask, blended_box = synth._blended_glyph(char, paths, [float(j == i) for j in range(len(paths))], 48, 0)
+            blended = np.asarray(mask) >= 128
+            pad = box[0] - blended_box[0]
+            inside = blended[pad:pad + glyph.shape[0], pad:pad + glyph.shape[1]]
+            assert blended.sum() == inside.sum()  # no ink outside the font's own box
+            agree = (inside == (glyph >= 0.5)).mean()
+            assert agree > 0.98, (char, i, agree)
+        mask, _ = synth._blended_glyph(char, paths, spread, 48, 0)
+        inks = [float((g >= 0.5).sum()) for g, _ in own]
+        assert min(inks) - 2 <= (np.asarray(mask) >= 128).sum() <= max(inks) + 2
+
+
 def test_blended_hands_lie_between_their_two_fonts():
     """A blend at weight 0 or 1 is one of its fonts; in between it is a shape of its own with ink between theirs."""
     # Two hands whose glyphs have boxes alike, so that stretching either to the box between keeps about its ink.
@@ -204,24 +222,7 @@ def test_blended_hands_lie_between_their_two_fonts():
     if not {"dkg.ttf", "Z003-MediumItalic.otf"} <= set(fonts):
         pytest.skip("fonts-dkg-handwriting and fonts-urw-base35 are not installed (scripts/install-fonts.sh)")
     pytest.importorskip("scipy")
-    paths = (fonts["dkg.ttf"], fonts["Z003-MediumItalic.otf"])
-
-    def ink(char, weight):
-        mask, box = synth._blended_glyph(char, paths, (1 - weight, weight), 48, 0)
-        return np.asarray(mask) >= 128, box
-
-    for char in "aR7":
-        own = [synth._baseline_glyph(char, path, 48, 0) for path in paths]
-        for weight, (glyph, box) in zip((0.0, 1.0), own):
-            blended, blended_box = ink(char, weight)
-            pad = box[0] - blended_box[0]
-            inside = blended[pad:pad + glyph.shape[0], pad:pad + glyph.shape[1]]
-            assert blended.sum() == inside.sum()  # no ink outside the font's own box
-            agree = (inside == (glyph >= 0.5)).mean()
-            assert agree > 0.98, (char, weight, agree)
-        middle, _ = ink(char, 0.5)
-        lo, hi = sorted(float((g >= 0.5).sum()) for g, _ in own)
-        assert lo - 2 <= middle.sum() <= hi + 2
+    assert_blends_lie_between((fonts["dkg.ttf"], fonts["Z003-MediumItalic.otf"]), (0.5, 0.5))
     lines, plain = synth.SyntheticLines("train", seed=6, blends=1.0), synth.SyntheticLines("train", seed=6, blends=0.0)
     assert synth.SyntheticLines("train").blends > 0 and synth.SyntheticLines("eval").blends == 0
     trios = synth.SyntheticLines("train", seed=6, blends=1.0, trios=1.0)
@@ -238,15 +239,4 @@ def test_three_font_blends_lie_between_their_fonts():
         pytest.skip("fonts-dkg-handwriting, fonts-urw-base35 and fonts-dancingscript are not installed (scripts/install-fonts.sh)")
     pytest.importorskip("scipy")
     paths = (fonts["dkg.ttf"], fonts["Z003-MediumItalic.otf"], fonts["DancingScript-Regular.otf"])
-    for char in "aR7":
-        own = [synth._baseline_glyph(char, path, 48, 0) for path in paths]
-        for i, (glyph, box) in enumerate(own):
-            shares = [1.0 if j == i else 0.0 for j in range(3)]
-            mask, blended_box = synth._blended_glyph(char, paths, shares, 48, 0)
-            pad = box[0] - blended_box[0]
-            blended = np.asarray(mask) >= 128
-            inside = blended[pad:pad + glyph.shape[0], pad:pad + glyph.shape[1]]
-            assert blended.sum() == inside.sum() and (inside == (glyph >= 0.5)).mean() > 0.98, (char, i)
-        mask, _ = synth._blended_glyph(char, paths, (0.3, 0.3, 0.4), 48, 0)
-        inks = [float((g >= 0.5).sum()) for g, _ in own]
-        assert min(inks) - 2 <= (np.asarray(mask) >= 128).sum() <= max(inks) + 2
+    assert_blends_lie_between(paths, (0.3, 0.3, 0.4))

@@ -214,8 +214,6 @@ def _blended_glyph(char: str, paths: Sequence[str], shares: Sequence[float], siz
     pad = max(2, size // 8)
     field, ink = np.zeros((height + 2 * pad, width + 2 * pad), dtype=np.float32), 0.0
     for (glyph, _), share in zip(glyphs, shares):
-        if share == 0:
-            continue
         stretched = np.asarray(Image.fromarray((glyph * 255).astype(np.uint8), "L").resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
         ink += share * float((stretched >= 0.5).sum())
         field += share * _signed_distance(np.pad(stretched, pad))
@@ -386,9 +384,8 @@ def render_line(text: str, font_path: str, rng: random.Random, vary: bool = Fals
         font = _font(font_path, size)
         stroke = rng.choice([0, 0, 0, 1]) if size > 34 else 0
         if blend is not None:
-            others = [path for path, _ in blend]
-            shares = [share for _, share in blend]
-            mask = _padded(_blended_text(text, [font_path] + others, [1 - sum(shares)] + shares, size, stroke, rng), pad)
+            others, shares = zip(*blend)
+            mask = _padded(_blended_text(text, (font_path, *others), (1 - sum(shares), *shares), size, stroke, rng), pad)
         elif vary and rng.random() < 0.7:
             mask = _padded(_jittered_text(text, font, size, stroke, rng), pad)
         else:
