@@ -312,3 +312,43 @@ def test_cpu_has_fast_bf16_reads_the_cpu_flags(tmp_path, cpuinfo, fast):
     if cpuinfo is not None:
         path.write_text(cpuinfo)
     assert cpu_has_fast_bf16(path) is fast
+
+
+def test_average_takes_the_mean_of_the_weights_and_the_ctc_head(tmp_path):
+    """htr-average: every weight (model and CTC head) is the mean of the sources'; the folder loads like any checkpoint."""
+    import torch
+    from safetensors.torch import load_file
+
+    from htr.export.bundle import load_checkpoint
+    from htr.train.average import main
+    from htr.train.model import ENGLISH, char_tokenizer, demo_image_processor, demo_model
+    from htr.train.trainer import CTC_HEAD_FILE, attach_ctc_head, save_weights_only
+
+    tokenizer = char_tokenizer(ENGLISH)
+    sources = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        model = demo_model(len(tokenizer))
+        attach_ctc_head(model, len(tokenizer))
+        folder = tmp_path / f"run-{seed}"
+        save_weights_only(model, tokenizer, demo_image_processor(), folder)
+        sources.append(folder)
+    result = CliRunner().invoke(main, [str(tmp_path / "mean"), *map(str, sources)])
+    assert result.exit_code == 0, result.output
+    for name in ("model.safetensors", CTC_HEAD_FILE):
+        states = [load_file(str(source / name)) for source in sources]
+        mean = load_file(str(tmp_path / "mean" / name))
+        assert set(mean) == set(states[0])
+        for key, value in mean.items():
+            assert torch.allclose(value, sum(state[key] for state in states) / 3, atol=1e-7), key
+    assert json.loads((tmp_path / "mean" / "averaged_from.json").read_text())["sources"] == [str(s) for s in sources]
+    checkpoint = load_checkpoint(str(tmp_path / "mean"))
+    assert len(checkpoint.tokenizer) == len(tokenizer)
+    again = CliRunner().invoke(main, [str(tmp_path / "mean"), *map(str, sources)])
+    assert again.exit_code == 1 and "exists and is not empty" in again.output
+    other = tmp_path / "other"
+    save_weights_only(demo_model(12), char_tokenizer("abcdefghi"), demo_image_processor(), other)
+    mixed = CliRunner().invoke(main, [str(tmp_path / "mixed"), str(sources[0]), str(other)])
+    assert mixed.exit_code == 1 and "another config.json" in mixed.output and not (tmp_path / "mixed").exists()
+    alone = CliRunner().invoke(main, [str(tmp_path / "alone"), str(sources[0])])
+    assert alone.exit_code == 1 and "at least two checkpoints" in alone.output
