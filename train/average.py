@@ -1,7 +1,7 @@
 """`htr-average`: the mean of the weights of several checkpoints of one training run.
 
 Checkpoints taken along one run (each stretch going on `--from` the last) lie in one basin of the
-loss; their mean usually lies lower in it than any of them, as in stochastic weight averaging
+loss; their mean can lie lower in it than any of them, as in stochastic weight averaging
 (Izmailov et al., 2018) and the checkpoint averaging of machine translation. It costs no training.
 """
 
