@@ -15,7 +15,9 @@ import click
 
 from htr.errors import HtrError
 
-WEIGHT_FILES = ("model.safetensors", "ctc_head.safetensors")  # the second only where every source has it
+from .trainer import CTC_HEAD_FILE
+
+WEIGHT_FILES = ("model.safetensors", CTC_HEAD_FILE)  # the second only where every source has it
 RECORD_FILE = "averaged_from.json"
 
 
