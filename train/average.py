@@ -15,7 +15,7 @@ import click
 
 from htr.errors import HtrError
 
-from .trainer import CTC_HEAD_FILE
+from .trainer import CTC_HEAD_FILE, TRAINING_STATE_FILE
 
 WEIGHT_FILES = ("model.safetensors", CTC_HEAD_FILE)  # the second only where every source has it
 RECORD_FILE = "averaged_from.json"
@@ -52,7 +52,7 @@ def average_checkpoints(sources: Sequence[Path], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     last = sources[-1]
     for item in last.iterdir():  # config, image processor and tokenizer files; not the last run's training record
-        if item.is_file() and item.name not in WEIGHT_FILES and item.name not in ("training_state.json", RECORD_FILE, "README.md"):
+        if item.is_file() and item.name not in WEIGHT_FILES and item.name not in (TRAINING_STATE_FILE, RECORD_FILE, "README.md"):
             shutil.copy2(item, out_dir / item.name)
     for name, state in averaged.items():
         save_file(state, str(out_dir / name), metadata={"format": "pt"})

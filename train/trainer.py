@@ -159,6 +159,7 @@ def use_unshifted_loss(model) -> None:
 
 CTC_UPSAMPLE = 2  # CTC steps per encoder column: lines hold more characters than a 32x384 image has patch columns
 CTC_HEAD_FILE = "ctc_head.safetensors"  # training only, beside the model: a run going on with --from keeps its CTC head
+TRAINING_STATE_FILE = "training_state.json"  # beside RUN/latest's weights: the step they hold and the evaluations so far
 
 
 def _patch_grid(encoder_config) -> Tuple[int, int]:
@@ -249,7 +250,7 @@ def _latest_callback(folder: Path, tokenizer, image_processor):
             if model is not None and state.is_world_process_zero:
                 save_weights_only(model, tokenizer, image_processor, folder)
                 history = [h for h in state.log_history if "eval_cer" in h]
-                (folder / "training_state.json").write_text(json.dumps({"global_step": state.global_step, "evaluations": history}, indent=1))
+                (folder / TRAINING_STATE_FILE).write_text(json.dumps({"global_step": state.global_step, "evaluations": history}, indent=1))
 
     return Latest()
 
