@@ -189,6 +189,27 @@ def test_a_font_that_lacks_characters_writes_lines_without_them():
         assert text and text == text.upper() and not lacking & set(text), text
 
 
+def test_a_font_that_misdraws_characters_writes_lines_without_them(tmp_path, monkeypatch):
+    """Characters in a font's `misdrawn` column (drawn as glyphs of other characters) are left out of its lines, as
+    lacking ones are, and the column is read as written, quotes included."""
+    breip = fonts_or_skip("eval")[0]
+    table = tmp_path / "fonts.tsv"
+    table.write_text("# a comment\npackage\tpath\tsplit\tlicence\tcapitals\tmisdrawn\n"
+                     f"p\t{breip.path}\ttrain\tOFL-1.1\tno\t\"#$&|\n"
+                     f"q\t{breip.path}\ttrain\tOFL-1.1\tno\n", encoding="utf-8")
+    monkeypatch.setattr(synth, "FONTS_TSV", table)
+    misdrawing, plain = synth.load_fonts("train")
+    assert misdrawing.misdrawn == '"#$&|' and plain.misdrawn == ""
+    assert synth._written('Pay "$5" & #2 | now', misdrawing) == "Pay 5 2 now"
+    assert synth._written('Pay "$5" & #2 | now', plain) == 'Pay "$5" & #2 | now'
+    lines = synth.SyntheticLines("train", seed=3, strings=1.0)
+    assert lines.partners[plain.path] == []  # the two rows are one file: neither blends with itself
+    written = [lines.sample(i)[1:] for i in range(20)]
+    assert all(text and not set(text) & set(font.misdrawn) for text, font in written)
+    assert {font.misdrawn for _, font in written} == {misdrawing.misdrawn, ""}
+    assert any(set(text) & set(misdrawing.misdrawn) for text, font in written if not font.misdrawn)
+
+
 def test_evaluation_lines_stay_what_earlier_measurements_were_taken_on():
     """Held-out CERs in models/demo/README.md compare across versions only while the eval split's texts and fonts hold."""
     fonts_or_skip("eval")

@@ -34,6 +34,7 @@ class Font:
     split: str
     licence: str
     capitals: str  # "yes" when the font draws lower case as capitals
+    misdrawn: str = ""  # characters the font maps to glyphs of other characters (e.g. "$" drawn as a "b")
 
 
 def load_fonts(split: str) -> List[Font]:
@@ -41,7 +42,8 @@ def load_fonts(split: str) -> List[Font]:
     if split not in SPLITS:
         raise HtrError(f"font split must be one of {', '.join(SPLITS)}, got {split!r}")
     rows = [line for line in FONTS_TSV.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
-    fonts = [Font(**{**row, "path": _installed_path(row["path"])}) for row in csv.DictReader(rows, delimiter="\t")]
+    table = csv.DictReader(rows, delimiter="\t", quoting=csv.QUOTE_NONE, restval="")
+    fonts = [Font(**{**row, "path": _installed_path(row["path"])}) for row in table]
     chosen = [f for f in fonts if f.split == split and (f.path.startswith(HERSHEY) or Path(f.path).is_file())]
     if not chosen:
         raise HtrError(f"no {split} font is installed; run scripts/install-fonts.sh and pip install '.[export]' (packages listed in {FONTS_TSV})")
@@ -139,11 +141,17 @@ def _lacking(path: str) -> frozenset:
     return frozenset(c for c in chars if drawn(c) == notdef)
 
 
+def _unwritable(font: Font) -> frozenset:
+    """Return the characters a font cannot write: those it has no glyph for and those it draws as other characters."""
+    return _lacking(font.path) | frozenset(font.misdrawn)
+
+
 def _written(text: str, font: Font) -> str:
     """Return `text` as the font writes it, so that a line's label is what its image shows: in capitals for a font that
-    draws lower case as capitals, and without the characters that the font lacks (nor the doubled spaces that leaves)."""
+    draws lower case as capitals, and without the characters that the font cannot write (nor the doubled spaces that
+    leaves)."""
     text = text.upper() if font.capitals == "yes" else text
-    lacking = _lacking(font.path)
+    lacking = _unwritable(font)
     if not lacking.intersection(text):
         return text
     return " ".join("".join(c for c in text if c not in lacking).split())
@@ -489,7 +497,7 @@ class SyntheticLines:
             text = _written(random_text(rng), font)
         blend = None
         if self.blends and font.path in self.partners and rng.random() < self.blends:
-            partners = [p for p in self.partners[font.path] if not _lacking(p.path).intersection(text)]
+            partners = [p for p in self.partners[font.path] if not _unwritable(p).intersection(text)]
             if partners:
                 other = rng.choice(partners)
                 blend = [(other.path, rng.uniform(0.3, 0.7))]
