@@ -151,10 +151,10 @@ def _written(text: str, font: Font) -> str:
     draws lower case as capitals, and without the characters that the font cannot write (nor the doubled spaces that
     leaves)."""
     text = text.upper() if font.capitals == "yes" else text
-    lacking = _unwritable(font)
-    if not lacking.intersection(text):
+    unwritable = _unwritable(font)
+    if not unwritable.intersection(text):
         return text
-    return " ".join("".join(c for c in text if c not in lacking).split())
+    return " ".join("".join(c for c in text if c not in unwritable).split())
 
 
 def _laid_out(text: str, width: int, size: int, advance: Callable[[str], float],
