@@ -129,6 +129,51 @@ def test_demo_architecture_trains_on_synthetic_lines(tmp_path):
     assert bad.exit_code == 2 and "'64' is not HEIGHTxWIDTH" in bad.output
 
 
+
+def _learning_rates(out_dir: Path) -> dict:
+    state = json.loads((out_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    return {h["step"]: h["learning_rate"] for h in state["log_history"] if "learning_rate" in h}
+
+
+def test_a_stretch_stopped_goes_on_from_its_weights_alone_on_another_machine(tmp_path):
+    """--stop-at leaves RUN/latest; --resume --from a copy of it, with no checkpoint (the machine gone), goes on at its step of the
+    stretch's learning-rate schedule, and refuses a snapshot of another stretch."""
+    import torch
+    from transformers import get_scheduler
+
+    from htr.train.cli import main
+    from htr.train.synth import load_fonts
+
+    try:
+        load_fonts("train")
+    except HtrError as e:
+        pytest.skip(str(e))
+    common = ["--synthetic", "--steps", "4", "--batch-size", "2", "--eval-every", "2", "--eval-lines", "2", "--lr", "1e-3", "--warmup", "0"]
+    first = CliRunner().invoke(main, [str(tmp_path / "first"), "--demo", *common, "--stop-at", "2"])
+    assert first.exit_code == 0, first.output
+    assert "stopped at step 2 of 4" in first.stderr and not (tmp_path / "first" / "model.safetensors").exists()
+    snapshot = tmp_path / "kept"  # all that is left of the first machine: its weights-only snapshot, committed somewhere
+    (tmp_path / "first" / "latest").rename(snapshot)
+    assert json.loads((snapshot / "training_state.json").read_text())["global_step"] == 2
+    on = CliRunner().invoke(main, [str(tmp_path / "second"), "--from", str(snapshot), *common, "--resume"])
+    assert on.exit_code == 0, on.output
+    assert "going on from step 2 of 4" in on.stderr and (tmp_path / "second" / "model.safetensors").is_file()
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    schedule = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=4)
+    at_one_go = {}
+    for step in range(1, 5):  # the trainer logs the rate each step trained with
+        at_one_go[step] = schedule.get_last_lr()[0]
+        optimizer.step()
+        schedule.step()
+    assert _learning_rates(tmp_path / "second") == pytest.approx({3: at_one_go[3], 4: at_one_go[4]}, rel=1e-9)
+    assert at_one_go[3] != at_one_go[1]  # a schedule started again would have read differently
+
+    other = CliRunner().invoke(main, [str(tmp_path / "other"), "--from", str(snapshot), *common[:2], "6", *common[3:], "--resume"])
+    assert other.exit_code == 1 and "steps 4 there, 6 here" in other.stderr
+    nothing = CliRunner().invoke(main, [str(tmp_path / "nothing"), "--demo", *common, "--resume"])
+    assert nothing.exit_code == 1 and "give that folder with --from" in nothing.stderr
+
+
 @pytest.mark.parametrize("size, patch", [((16, 32), [16, 8]), ((12, 32), [12, 8])])
 def test_resize_input_reads_a_resized_line_as_the_model_read_the_original(size, patch):
     """The patch embedding is resampled by the pseudo-inverse of the resize: made taller, a model with one row of patches

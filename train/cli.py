@@ -38,9 +38,13 @@ from htr.errors import HtrError
 @click.option("--bf16", is_flag=True, help="Mixed precision (bf16 autocast). On CPU it pays only with AVX512-BF16 or AMX; on AVX2-only CPUs it is about 30x slower than fp32.")
 @click.option("--ctc", "ctc_weight", type=click.FloatRange(min=0), help="Weight of an auxiliary CTC loss on the encoder output (training only; dropped from the saved model). "
                    "Default: 0.5 with --demo or --config, or when --from holds a CTC head from an earlier run, else 0.")
-@click.option("--resume", is_flag=True, help="Go on from the newest checkpoint in OUT_DIR/checkpoints.")
+@click.option("--resume", is_flag=True, help="Go on from the newest checkpoint in OUT_DIR/checkpoints; where there is none (a new machine), "
+              "from the weights-only snapshot given with --from (OUT_DIR/latest, or a copy of it) at its step: the learning-rate schedule "
+              "and the training lines go on, the optimizer's moments start afresh. Give the same settings as the run.")
+@click.option("--stop-at", type=click.IntRange(min=1), metavar="STEP", help="Stop after this step, saving a checkpoint and OUT_DIR/latest, "
+              "to go on later with --resume: a stretch longer than a sitting.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, input_size, freeze_encoder, dropout, steps, batch_size, learning_rate, lr_schedule, warmup_steps, workers, eval_every, eval_lines, bf16, ctc_weight, resume, seed):
+def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, input_size, freeze_encoder, dropout, steps, batch_size, learning_rate, lr_schedule, warmup_steps, workers, eval_every, eval_lines, bf16, ctc_weight, resume, stop_at, seed):
     """Train into OUT_DIR; the result is a save_pretrained folder that htr-export takes."""
     from .model import ENGLISH, char_tokenizer, demo_image_processor, demo_model, model_from_config, resize_input, swap_tokenizer, with_dropout
     from htr.evaluate import read_labels
@@ -91,12 +95,12 @@ def main(out_dir, source, config_source, demo, folders, synthetic, alphabet, inp
         settings = TrainSettings(out_dir=out_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate, lr_schedule=lr_schedule, warmup_steps=warmup_steps, workers=workers,
                                  eval_every=eval_every, save_every=eval_every, eval_lines=eval_lines, bf16=bf16, seed=seed,
                                  ctc_weight=ctc_weight,
-                                 ctc_head_from=Path(source) if source and Path(source).is_dir() else None)
-        train(model, tokenizer, image_processor, train_data, eval_data, settings, resume=resume)
+                                 source_folder=Path(source) if source and Path(source).is_dir() else None, stop_at=stop_at)
+        trainer = train(model, tokenizer, image_processor, train_data, eval_data, settings, resume=resume)
     except HtrError as e:
         click.echo(f"htr-train: {e}", err=True)
         sys.exit(1)
-    click.echo(str(out_dir))
+    click.echo(str(out_dir if trainer.state.global_step >= steps else out_dir / "latest"))
 
 
 def _size(value):

@@ -2,6 +2,7 @@
 
 import random
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -29,7 +30,13 @@ class TrainSettings:
     ctc_weight: float = 0.0
     lr_schedule: str = "cosine"
     workers: int = 1  # DataLoader processes that render and prepare lines while the model trains (0: in the training process)
-    ctc_head_from: Optional[Path] = None  # a folder whose CTC_HEAD_FILE (from an earlier run) the head starts from
+    source_folder: Optional[Path] = None  # the --from folder: its CTC_HEAD_FILE starts the CTC head; with resume, its weights may go on
+    stop_at: Optional[int] = None  # stop after this step (saving a checkpoint), to go on later with resume
+
+    def stretch(self) -> dict:
+        """The settings that fix the learning-rate schedule and the order of the training lines: a run goes on (resume) only with the same."""
+        return {"steps": self.steps, "batch_size": self.batch_size, "learning_rate": self.learning_rate, "lr_schedule": self.lr_schedule,
+                "warmup_steps": self.warmup_steps, "seed": self.seed}
 
 
 def preprocessing_of(image_processor) -> Preprocessing:
@@ -76,8 +83,15 @@ def collate(samples: List[dict]) -> dict:
 
 
 def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data: Optional[LineDataset], settings: TrainSettings, resume: bool = False):
-    """Train with Seq2SeqTrainer; save a `save_pretrained` folder (model, processor, tokenizer) in `settings.out_dir`."""
-    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+    """Train with Seq2SeqTrainer; save a `save_pretrained` folder (model, processor, tokenizer) in `settings.out_dir`.
+
+    With `resume`, go on from the newest checkpoint in `settings.out_dir / "checkpoints"`; where there is none (the run's
+    machine is gone), from the weights-only snapshot in `settings.source_folder` (RUN/latest, or a copy of it), at the step
+    its TRAINING_STATE_FILE names. With `settings.stop_at`, stop after that step and leave the run to go on: then nothing is
+    saved in `settings.out_dir` itself. Returns the trainer.
+    """
+    from transformers import Seq2SeqTrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
 
     random.seed(settings.seed)
     if settings.bf16 and not _cuda() and cpu_has_fast_bf16() is False:
@@ -117,16 +131,29 @@ def train(model, tokenizer, image_processor, train_data: LineDataset, eval_data:
         return {"cer": character_error_rate(texts, refs)}
 
     use_unshifted_loss(model)
-    trainer_class = Seq2SeqTrainer
+    trainer_class = _trainer_class()
     if settings.ctc_weight > 0:
-        if attach_ctc_head(model, len(tokenizer), settings.ctc_head_from):
-            print(f"htr-train: the CTC head goes on from {settings.ctc_head_from / CTC_HEAD_FILE}", file=sys.stderr)
-        trainer_class = _ctc_trainer(settings.ctc_weight, blank=tokenizer.pad_token_id, ignore=set(tokenizer.all_special_ids))
+        if attach_ctc_head(model, len(tokenizer), settings.source_folder):
+            print(f"htr-train: the CTC head goes on from {settings.source_folder / CTC_HEAD_FILE}", file=sys.stderr)
+        trainer_class = _ctc_trainer(trainer_class, settings.ctc_weight, blank=tokenizer.pad_token_id, ignore=set(tokenizer.all_special_ids))
+    checkpoint = None
+    if resume:
+        checkpoints = Path(args.output_dir)
+        checkpoint = get_last_checkpoint(checkpoints) if checkpoints.is_dir() else None
+        if checkpoint is None:
+            checkpoint = _checkpoint_from_snapshot(model, settings, args)
+    callbacks = [_latest_callback(settings.out_dir / "latest", tokenizer, image_processor, settings.stretch())]
+    if settings.stop_at is not None:
+        callbacks.append(_stop_callback(settings.stop_at))
     trainer = trainer_class(
         model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, data_collator=collate, processing_class=tokenizer,
-        compute_metrics=metrics if eval_data is not None else None, callbacks=[_latest_callback(settings.out_dir / "latest", tokenizer, image_processor)],
+        compute_metrics=metrics if eval_data is not None else None, callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.state.global_step < settings.steps:
+        print(f"htr-train: stopped at step {trainer.state.global_step} of {settings.steps}; {settings.out_dir / 'latest'} holds its weights. "
+              "Go on with the same command and --resume (on another machine, with --from a copy of that folder)", file=sys.stderr)
+        return trainer
     save_weights_only(model, tokenizer, image_processor, settings.out_dir)
     if hasattr(model, "ctc_head"):
         del model.ctc_head  # training only: the exported model is the plain VisionEncoderDecoder
@@ -211,10 +238,69 @@ def ctc_loss(head, hidden, labels, blank: int, ignore: set):
     return torch.nn.functional.ctc_loss(log_probs, flat, steps, lengths, blank=blank, zero_infinity=True)
 
 
-def _ctc_trainer(weight: float, blank: int, ignore: set):
-    from transformers import Seq2SeqTrainer
+def _trainer_class():
+    from transformers import Seq2SeqTrainer, TrainerState
+    from transformers.trainer import SCHEDULER_NAME, TRAINER_STATE_NAME
 
-    class CtcTrainer(Seq2SeqTrainer):
+    class Trainer(Seq2SeqTrainer):
+        """Seq2SeqTrainer that, going on from a checkpoint without a scheduler state (one made from a weights-only
+        snapshot), moves the learning-rate schedule to the checkpoint's step instead of starting it again."""
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            super()._load_optimizer_and_scheduler(checkpoint)
+            if checkpoint is None or (Path(checkpoint) / SCHEDULER_NAME).is_file():
+                return
+            step = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME)).global_step
+            self.lr_scheduler.last_epoch = step - 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "step() before optimizer.step()": this moves the schedule, it trains nothing
+                self.lr_scheduler.step()
+
+    return Trainer
+
+
+def _checkpoint_from_snapshot(model, settings: TrainSettings, args) -> str:
+    """Write a checkpoint that the trainer goes on from, holding `model`'s weights (the snapshot's, loaded with --from) at the
+    step the snapshot's TRAINING_STATE_FILE names, after checking that it is a step of the same stretch. It holds no
+    optimizer state: AdamW's moments start afresh, while the learning-rate schedule and the training lines go on."""
+    import json
+
+    from transformers import TrainerControl, TrainerState
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    checkpoints, snapshot = Path(args.output_dir), settings.source_folder
+    if snapshot is None:
+        raise HtrError(f"--resume: {checkpoints} holds no checkpoint; to go on from a weights-only snapshot of the run "
+                       "(RUN/latest, or a copy of it), give that folder with --from")
+    try:
+        saved = json.loads((snapshot / TRAINING_STATE_FILE).read_text())
+        step, stretch = int(saved["global_step"]), saved.get("stretch")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HtrError(f"--resume: {checkpoints} holds no checkpoint, and {snapshot / TRAINING_STATE_FILE} cannot say which step "
+                       f"of a run {snapshot} holds ({e}); leave out --resume to start a new stretch from it") from e
+    if stretch is None:
+        raise HtrError(f"--resume: {snapshot / TRAINING_STATE_FILE} does not record the settings of its stretch (written by an "
+                       "older htr-train); leave out --resume to start a new stretch from it")
+    if stretch != settings.stretch():
+        differ = ", ".join(f"{k} {stretch.get(k)} there, {v} here" for k, v in settings.stretch().items() if stretch.get(k) != v)
+        raise HtrError(f"--resume: {snapshot} holds step {step} of a stretch with other settings ({differ}); give the same "
+                       "settings, or leave out --resume to start a new stretch from it")
+    if not 0 < step < settings.steps:
+        raise HtrError(f"--resume: {snapshot} holds step {step} of {settings.steps}: nothing to go on with; leave out --resume "
+                       "to start a new stretch from it")
+    folder = checkpoints / f"checkpoint-{step}"
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, state_dict=model.state_dict())  # as the trainer saves checkpoints: the CTC head among the weights
+    TrainerState(global_step=step, max_steps=settings.steps, logging_steps=args.logging_steps, eval_steps=args.eval_steps,
+                 save_steps=args.save_steps, train_batch_size=settings.batch_size, num_train_epochs=1,
+                 log_history=saved.get("evaluations", []), stateful_callbacks=[TrainerControl()]).save_to_json(str(folder / TRAINER_STATE_NAME))
+    print(f"htr-train: going on from step {step} of {settings.steps} with the weights in {snapshot} (no optimizer state there: "
+          "AdamW's moments start afresh)", file=sys.stderr)
+    return str(folder)
+
+
+def _ctc_trainer(base, weight: float, blank: int, ignore: set):
+    class CtcTrainer(base):
         """Seq2SeqTrainer whose training loss adds `weight` x CTC loss on the encoder output."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -239,8 +325,9 @@ def save_weights_only(model, tokenizer, image_processor, folder: Path) -> None:
     image_processor.save_pretrained(folder)
 
 
-def _latest_callback(folder: Path, tokenizer, image_processor):
-    """A callback that refreshes `folder` with weights-only at every checkpoint, plus the step and evaluation history."""
+def _latest_callback(folder: Path, tokenizer, image_processor, stretch: dict):
+    """A callback that refreshes `folder` with weights-only at every checkpoint, plus the step, the evaluation history and
+    the `stretch` settings (TrainSettings.stretch), so that a run can go on from the folder alone."""
     import json
 
     from transformers import TrainerCallback
@@ -250,9 +337,20 @@ def _latest_callback(folder: Path, tokenizer, image_processor):
             if model is not None and state.is_world_process_zero:
                 save_weights_only(model, tokenizer, image_processor, folder)
                 history = [h for h in state.log_history if "eval_cer" in h]
-                (folder / TRAINING_STATE_FILE).write_text(json.dumps({"global_step": state.global_step, "evaluations": history}, indent=1))
+                (folder / TRAINING_STATE_FILE).write_text(json.dumps({"global_step": state.global_step, "stretch": stretch, "evaluations": history}, indent=1))
 
     return Latest()
+
+
+def _stop_callback(step: int):
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                control.should_save = control.should_training_stop = True
+
+    return Stop()
 
 
 def _cuda() -> bool:
