@@ -129,7 +129,6 @@ def test_demo_architecture_trains_on_synthetic_lines(tmp_path):
     assert bad.exit_code == 2 and "'64' is not HEIGHTxWIDTH" in bad.output
 
 
-
 def _learning_rates(out_dir: Path) -> dict:
     state = json.loads((out_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     return {h["step"]: h["learning_rate"] for h in state["log_history"] if "learning_rate" in h}
