@@ -11,6 +11,8 @@ import click
 
 from htr.errors import HtrError
 
+from .bundle import DEFAULT_CTC_WEIGHT
+
 EXIT_VERIFY = 4  # the bundle was written but does not reproduce PyTorch
 EXIT_ACCURACY = 5  # the quantized bundle loses more accuracy than allowed; nothing was kept
 
@@ -39,8 +41,12 @@ def default_calibration() -> Path:
 @click.option("--keep-anyway", is_flag=True, help="Keep the quantized bundle even when it fails --max-cer-increase.")
 @click.option("--verify", "verify_count", type=click.IntRange(min=0), default=4, show_default=True, help="Line images on which to compare the fp32 bundle with PyTorch generate; 0 skips the check.")
 @click.option("--verify-images", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of line images for the check. Default: synthetic lines.")
+@click.option("--ctc-weight", type=click.FloatRange(0.0, 1.0), default=DEFAULT_CTC_WEIGHT, show_default=True,
+              help="Where MODEL is a folder with htr-train's CTC head (ctc_head.safetensors), the bundle takes it along and the runtime "
+                   "rescores the beam's finished lines with this weight by default; 0 keeps generate's choice (htr-run --ctc-weight "
+                   "changes it at run time).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
-def main(model, out_dir, int8, quantize, calibration, calibration_method, activations, eval_data, eval_lines, max_cer_increase, keep_anyway, verify_count, verify_images, force):
+def main(model, out_dir, int8, quantize, calibration, calibration_method, activations, eval_data, eval_lines, max_cer_increase, keep_anyway, verify_count, verify_images, ctc_weight, force):
     """Export MODEL (a hub id such as microsoft/trocr-base-handwritten, or a save_pretrained folder) to OUT_DIR.
 
     Writes encoder.onnx, cross_attention.onnx, decoder.onnx, tokenizer.json and manifest.json;
@@ -67,7 +73,7 @@ def main(model, out_dir, int8, quantize, calibration, calibration_method, activa
             fp32_dir = Path(work) / "fp32" if mode else out_dir
             if fp32_dir.exists():
                 shutil.rmtree(fp32_dir)
-            manifest = export_bundle(checkpoint, fp32_dir, log=log)
+            manifest = export_bundle(checkpoint, fp32_dir, log=log, ctc_weight=ctc_weight)
             size = sum(f["bytes"] for f in manifest["files"].values())
             log(f"wrote fp32 graphs ({size / 1e6:.1f} MB, {manifest['architecture']['parameters'] / 1e6:.1f}M parameters)")
             if verify_count:

@@ -92,6 +92,52 @@ def cross_attention_graph(decoder: onnx.ModelProto) -> onnx.ModelProto:
     return cross
 
 
+def ctc_head_graph(weight: np.ndarray, bias: np.ndarray, rows: int, columns: int, upsample: int) -> onnx.ModelProto:
+    """Return htr-train's CTC head as a graph: `last_hidden_state (N, tokens, hidden)` -> `ctc_log_probs (N, steps, vocab)`.
+
+    The patch tokens (the last `rows * columns`, after CLS) are grouped by column, each column's rows
+    side by side, and the linear head `weight (upsample * vocab, rows * hidden)` gives `upsample`
+    steps of vocabulary logits per column, as `htr.train.trainer.ctc_log_probs` computes them.
+    Weights are kept in float16 and cast to float32 when the graph runs.
+    """
+    from onnx import TensorProto, helper
+
+    vocab, hidden = weight.shape[0] // upsample, weight.shape[1] // rows
+    constants = {
+        "starts": np.array([-rows * columns], dtype=np.int64),
+        "ends": np.array([np.iinfo(np.int64).max], dtype=np.int64),
+        "axes": np.array([1], dtype=np.int64),
+        "grid": np.array([0, rows, columns, hidden], dtype=np.int64),
+        "by_column": np.array([0, columns, rows * hidden], dtype=np.int64),
+        "by_step": np.array([0, columns * upsample, vocab], dtype=np.int64),
+        "weight_t16": np.ascontiguousarray(weight.T).astype(np.float16),
+        "bias16": bias.astype(np.float16),
+    }
+    nodes = [
+        helper.make_node("Slice", ["last_hidden_state", "starts", "ends", "axes"], ["patches"]),
+        helper.make_node("Reshape", ["patches", "grid"], ["grid_patches"]),
+        helper.make_node("Transpose", ["grid_patches"], ["column_patches"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["column_patches", "by_column"], ["column_features"]),
+        helper.make_node("Cast", ["weight_t16"], ["weight_t"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["bias16"], ["bias"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["column_features", "weight_t"], ["column_logits"]),
+        helper.make_node("Add", ["column_logits", "bias"], ["biased_logits"]),
+        helper.make_node("Reshape", ["biased_logits", "by_step"], ["logits"]),
+        helper.make_node("LogSoftmax", ["logits"], ["ctc_log_probs"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ctc_head",
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch_size", "encoder_sequence_length", hidden])],
+        [helper.make_tensor_value_info("ctc_log_probs", TensorProto.FLOAT, ["batch_size", columns * upsample, vocab])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="htr-export")
+    model.ir_version = 8  # as the other graphs: onnxruntime 1.17 and later read it
+    onnx.checker.check_model(model)
+    return model
+
+
 def tensor_specs(values) -> List[dict]:
     """Return the manifest description of graph inputs or outputs: name, dtype and shape."""
     specs = []

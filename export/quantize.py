@@ -242,8 +242,9 @@ def quantize_bundle(fp32_dir: Path, out_dir: Path, settings: QuantizeSettings, c
         log(f"recording real inputs on {len(calibration_images)} calibration lines")
         feeds = record_inputs(fp32_dir, calibration_images, settings, log)
     out_dir.mkdir(parents=True, exist_ok=True)
+    kept_as_is = {manifest["ctc"]["file"]} if "ctc" in manifest else set()  # the small CTC head, float16 weights already
     for path in fp32_dir.iterdir():
-        if path.is_file() and path.suffix not in (".onnx", ".data") and path.name != MANIFEST_NAME:
+        if path.is_file() and (path.suffix not in (".onnx", ".data") or path.name in kept_as_is) and path.name != MANIFEST_NAME:
             shutil.copy2(path, out_dir / path.name)
     with tempfile.TemporaryDirectory(prefix="htr-quantize-") as work:
         for name, section in manifest["graphs"].items():

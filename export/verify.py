@@ -5,7 +5,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from htr import Recognizer
+from htr import GenerationOptions, Recognizer
 from htr.images import load_image
 
 from .bundle import _UNSUPPORTED_NEUTRAL, Checkpoint
@@ -45,6 +45,7 @@ def torch_tokens(sequences, eos: Sequence[int]) -> List[List[int]]:
 
 
 PATH_TOLERANCE = 1e-3  # log-probabilities along PyTorch's own tokens; float noise is ~1e-5
+CTC_TOLERANCE = 1e-3  # CTC log-probabilities, against PyTorch with the head's weights rounded to float16 as the bundle holds them
 
 
 def path_logprob_diff(recognizer, model, images, pixels, sequences) -> np.ndarray:
@@ -66,11 +67,28 @@ def path_logprob_diff(recognizer, model, images, pixels, sequences) -> np.ndarra
     return worst
 
 
+def ctc_log_probs(checkpoint: Checkpoint, hidden) -> np.ndarray:
+    """Return PyTorch's CTC log-probabilities `(N, steps, vocab)` for encoder states `hidden`, as htr-train computes them."""
+    import torch
+
+    from htr.train.trainer import CTC_UPSAMPLE, attach_ctc_head
+    from htr.train.trainer import ctc_log_probs as torch_ctc_log_probs
+
+    head = checkpoint.ctc_head
+    holder = torch.nn.Module()
+    holder.config = checkpoint.model.config
+    attach_ctc_head(holder, head["bias"].shape[0] // CTC_UPSAMPLE)
+    holder.ctc_head.load_state_dict({k: torch.from_numpy(v.astype(np.float16).astype(np.float32)) for k, v in head.items()})
+    with torch.no_grad():
+        return torch_ctc_log_probs(holder.ctc_head, hidden).numpy()
+
+
 def verify_bundle(checkpoint: Checkpoint, bundle_dir: Path, images: Sequence, log=print) -> dict:
     """Run the bundle and the PyTorch model on the same images; return a report with `ok` set.
 
     The bundle passes when its tokens are identical to `generate` with the bundle's default
-    settings. Where tokens differ, both are run teacher-forced along PyTorch's tokens: if their
+    settings (without CTC rescoring, which `generate` does not do) and, where it has a CTC head,
+    its CTC log-probabilities match PyTorch's within `CTC_TOLERANCE`. Where tokens differ, both are run teacher-forced along PyTorch's tokens: if their
     log-probabilities agree within `PATH_TOLERANCE` the graphs are faithful and the difference is a
     near-tie that float noise decided (common in untrained, random-weight models); it is reported
     as such and does not fail the check.
@@ -80,14 +98,19 @@ def verify_bundle(checkpoint: Checkpoint, bundle_dir: Path, images: Sequence, lo
     recognizer = Recognizer(bundle_dir)
     manifest = recognizer.manifest.raw
     rgb = [load_image(image) for image in images]
-    ours = recognizer.recognize(rgb, batch_size=len(rgb))
+    ours = recognizer.recognize(rgb, batch_size=len(rgb), options=GenerationOptions(ctc_weight=0.0))
     pixels = checkpoint.image_processor(images=rgb, return_tensors="pt").pixel_values
     with torch.no_grad():
         out = checkpoint.model.generate(pixels, **generate_kwargs(manifest["generation"]), return_dict_in_generate=True)
-        hidden = checkpoint.model.encoder(pixel_values=pixels).last_hidden_state.numpy()
+        hidden_t = checkpoint.model.encoder(pixel_values=pixels).last_hidden_state
+    hidden = hidden_t.numpy()
     theirs = torch_tokens(out.sequences, manifest["special_tokens"]["eos"])
     texts = checkpoint.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
-    encoder_diff = float(np.abs(recognizer.encode(rgb) - hidden).max())
+    ours_hidden = recognizer.encode(rgb)
+    encoder_diff = float(np.abs(ours_hidden - hidden).max())
+    ctc_diff = 0.0
+    if recognizer.has_ctc_head:
+        ctc_diff = float(np.abs(recognizer._ctc.log_probs(ours_hidden) - ctc_log_probs(checkpoint, hidden_t)).max())
     same = [list(rec.tokens) == ref and rec.text == text for rec, ref, text in zip(ours, theirs, texts)]
     path_diff = [0.0] * len(rgb)
     if not all(same):
@@ -100,14 +123,17 @@ def verify_bundle(checkpoint: Checkpoint, bundle_dir: Path, images: Sequence, lo
         "max_path_logprob_diff": max(path_diff),
         "encoder_max_abs_diff": encoder_diff,
         "settings": {k: manifest["generation"][k] for k in ("num_beams", "max_length")},
-        "ok": sum(same) + near_ties == len(rgb) and encoder_diff <= 1e-3,
+        "ok": sum(same) + near_ties == len(rgb) and encoder_diff <= 1e-3 and ctc_diff <= CTC_TOLERANCE,
     }
+    if recognizer.has_ctc_head:
+        report["ctc_max_abs_diff"] = ctc_diff
     log(f"verification against PyTorch generate (beams {report['settings']['num_beams']}, max_length {report['settings']['max_length']}):")
     for i, (rec, ref, text) in enumerate(zip(ours, theirs, texts)):
         mark = "same" if same[i] else "near-tie" if path_diff[i] <= PATH_TOLERANCE else "DIFFERENT"
         extra = "" if same[i] else f"  (log-probs along PyTorch's tokens differ by {path_diff[i]:.1e})"
         log(f"  image {i}: {mark:9} {len(ref):3} tokens  htr={rec.text[:40]!r}  torch={text[:40]!r}{extra}")
-    log(f"  {sum(same)}/{len(rgb)} identical, {near_ties} near-ties; encoder states max |diff| {encoder_diff:.2e}")
+    log(f"  {sum(same)}/{len(rgb)} identical, {near_ties} near-ties; encoder states max |diff| {encoder_diff:.2e}"
+        + (f"; CTC log-probs max |diff| {ctc_diff:.2e}" if recognizer.has_ctc_head else ""))
     return report
 
 

@@ -9,7 +9,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import click
 
-from .errors import HtrError, ImageError
+from .errors import HtrError, ImageError, OptionsError
 from .images import IMAGE_SUFFIXES, load_image
 from .manifest import default_bundle
 
@@ -76,7 +76,16 @@ def _side_path(target: Path, source: str, suffix: str, many: bool) -> Path:
     return target
 
 
-def _read(recognizer, loaded, layout, beams, batch_size, max_length):
+def _check_options(recognizer, options, program: str) -> None:
+    """Exit with a usage error when `options` do not suit this bundle (say, a CTC weight and no CTC head)."""
+    try:
+        recognizer.recognize([], options=options)
+    except OptionsError as e:
+        click.echo(f"{program}: {e}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _read(recognizer, loaded, layout, beams, batch_size, max_length, options=None):
     """Return `(result, seconds)` per loaded image: lines read together in one batch, pages one by one."""
     from .page import analyse, is_line_shaped
 
@@ -93,13 +102,13 @@ def _read(recognizer, loaded, layout, beams, batch_size, max_length):
             layouts[i] = found
     if line_indices:
         started = time.perf_counter()
-        lines = recognizer.recognize([loaded[i][1] for i in line_indices], beams=beams, batch_size=batch_size, max_length=max_length)
+        lines = recognizer.recognize([loaded[i][1] for i in line_indices], beams=beams, batch_size=batch_size, max_length=max_length, options=options)
         share = (time.perf_counter() - started) / len(line_indices)
         for i, result in zip(line_indices, lines):
             results[i] = (result, share)
     for i, found in layouts.items():
         started = time.perf_counter()
-        page = recognizer.read_page(loaded[i][1], beams=beams, batch_size=batch_size, max_length=max_length, layout=found)
+        page = recognizer.read_page(loaded[i][1], beams=beams, batch_size=batch_size, max_length=max_length, options=options, layout=found)
         results[i] = (page, time.perf_counter() - started)
     return results
 
@@ -122,12 +131,17 @@ def _write_extras(path: str, image, result, page_xml: Optional[Path], overlay: O
         draw_overlay(image, page).save(_side_path(overlay, path, ".overlay.png", many))
 
 
+CTC_WEIGHT_HELP = ("Weight of the bundle's CTC head when choosing among the beam's finished lines (0 to 1; 0: exactly "
+                   "transformers' generate). Default: the bundle's (0 where it has no CTC head).")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE...")
 @click.option("--model", "-m", envvar="HTR_MODEL", type=click.Path(path_type=Path), help="Bundle folder made by htr-export [env: HTR_MODEL]. Default: the bundle shipped with htr, where this install has one.")
 @click.option("--beams", type=click.IntRange(min=1), help="Beam width; 1 is greedy. Default: the bundle's (4 unless the checkpoint set one).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images decoded together.")
 @click.option("--max-length", type=click.IntRange(min=2), help="Most tokens per line, the start token included. Default: the bundle's.")
+@click.option("--ctc-weight", type=click.FloatRange(0.0, 1.0), help=CTC_WEIGHT_HELP)
 @click.option("--format", "fmt", type=click.Choice(["text", "tsv", "jsonl", "json"]), default="text", show_default=True,
               help="text: the text (a page's lines in order); tsv: path, text, score per line; jsonl: one object per image (pages: lines with box, polygon, text, score); json: those objects as one array.")
 @click.option("--layout", type=click.Choice(["auto", "line", "page"]), default="auto", show_default=True,
@@ -136,7 +150,7 @@ def _write_extras(path: str, image, result, page_xml: Optional[Path], overlay: O
 @click.option("--overlay", type=click.Path(path_type=Path), help="Also draw the line boxes and text on the image: a PNG file for one image, else a folder of <name>.overlay.png.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime provider; cuda needs onnxruntime-gpu.")
 @click.option("--threads", type=click.IntRange(min=1), envvar="HTR_THREADS", help="Threads per ONNX Runtime session [env: HTR_THREADS]. Default: ONNX Runtime's choice.")
-def main(inputs, model, beams, batch_size, max_length, fmt, layout, page_xml, overlay, provider, threads):
+def main(inputs, model, beams, batch_size, max_length, ctc_weight, fmt, layout, page_xml, overlay, provider, threads):
     """Read handwritten text lines or whole pages from IMAGE files, folders (searched recursively) or glob patterns.
 
     Results go to stdout in input order; problems with single images go to stderr, one line each,
@@ -147,13 +161,15 @@ def main(inputs, model, beams, batch_size, max_length, fmt, layout, page_xml, ov
     if model is None:
         click.echo(f"htr-run: {NO_MODEL}", err=True)
         sys.exit(EXIT_USAGE)
-    from .recognizer import Recognizer
+    from .recognizer import GenerationOptions, Recognizer
 
     try:
         recognizer = Recognizer(model, provider=provider, threads=threads)
     except HtrError as e:
         click.echo(f"htr-run: {e}", err=True)
         sys.exit(EXIT_BUNDLE)
+    options = GenerationOptions(ctc_weight=ctc_weight)
+    _check_options(recognizer, options, "htr-run")
 
     items = list(expand_inputs(inputs))
     many = len(items) > 1
@@ -172,7 +188,7 @@ def main(inputs, model, beams, batch_size, max_length, fmt, layout, page_xml, ov
                     failed += 1
                     click.echo(f"htr-run: {e}", err=True)
             try:
-                results = _read(recognizer, loaded, layout, beams, batch_size, max_length)
+                results = _read(recognizer, loaded, layout, beams, batch_size, max_length, options)
             except HtrError as e:
                 click.echo(f"htr-run: {e}", err=True)
                 sys.exit(EXIT_BUNDLE)
@@ -193,12 +209,13 @@ def main(inputs, model, beams, batch_size, max_length, fmt, layout, page_xml, ov
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True, metavar="[BUNDLE...] DATA")
 @click.option("--beams", type=click.IntRange(min=1), help="Beam width. Default: each bundle's own.")
+@click.option("--ctc-weight", type=click.FloatRange(0.0, 1.0), help=CTC_WEIGHT_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), envvar="HTR_THREADS", help="Threads per ONNX Runtime session [env: HTR_THREADS].")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N lines.")
 @click.option("--jsonl", "jsonl_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write one JSON row per line: path, reference, and each bundle's text and CER.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Summary on stdout as a table or as one JSON object.")
-def eval_main(paths, beams, batch_size, threads, limit, jsonl_path, fmt):
+def eval_main(paths, beams, ctc_weight, batch_size, threads, limit, jsonl_path, fmt):
     """Measure CER and WER of one or more BUNDLEs on DATA (a folder with labels.tsv, or the labels.tsv file).
 
     Without a BUNDLE it measures the bundle shipped with htr. With two bundles (say fp32 and int8)
@@ -208,8 +225,9 @@ def eval_main(paths, beams, batch_size, threads, limit, jsonl_path, fmt):
     3 a bundle is missing or damaged.
     """
     from .evaluate import agreement, cer_difference_interval, character_error_rate, evaluate, read_labels
-    from .recognizer import Recognizer
+    from .recognizer import GenerationOptions, Recognizer
 
+    options = GenerationOptions(ctc_weight=ctc_weight)
     bundles, data = [Path(p) for p in paths[:-1]], Path(paths[-1])
     if not bundles:
         shipped = default_bundle()
@@ -228,6 +246,7 @@ def eval_main(paths, beams, batch_size, threads, limit, jsonl_path, fmt):
         except HtrError as e:
             click.echo(f"htr-eval: {e}", err=True)
             sys.exit(EXIT_BUNDLE)
+        _check_options(recognizer, options, "htr-eval")
         show = sys.stderr.isatty()
         with click.progressbar(length=len(rows), label=str(bundle), file=sys.stderr if show else None, hidden=not show) as bar:
             def progress(done=0, error=None):
@@ -236,7 +255,7 @@ def eval_main(paths, beams, batch_size, threads, limit, jsonl_path, fmt):
                     click.echo(f"htr-eval: {error}", err=True)
                 bar.update(done)
 
-            results.append(evaluate(recognizer, rows, beams=beams, batch_size=batch_size, progress=progress))
+            results.append(evaluate(recognizer, rows, beams=beams, batch_size=batch_size, progress=progress, options=options))
     summary = {
         "data": str(data),
         "lines": len(rows),

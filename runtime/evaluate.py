@@ -59,7 +59,8 @@ class Evaluation:
     seconds: float
 
 
-def evaluate(recognizer, rows: Sequence[Tuple[str, str]], beams: Optional[int] = None, batch_size: int = 8, progress=None) -> Evaluation:
+def evaluate(recognizer, rows: Sequence[Tuple[str, str]], beams: Optional[int] = None, batch_size: int = 8, progress=None,
+             options=None) -> Evaluation:
     """Read every labelled line with `recognizer`; unreadable images count as empty output and are reported by `progress`."""
     import time
 
@@ -76,7 +77,7 @@ def evaluate(recognizer, rows: Sequence[Tuple[str, str]], beams: Optional[int] =
                 if progress:
                     progress(error=str(e))
         if images:
-            for i, result in zip(kept, recognizer.recognize(images, beams=beams, batch_size=batch_size)):
+            for i, result in zip(kept, recognizer.recognize(images, beams=beams, batch_size=batch_size, options=options)):
                 texts[i] = result.text
         if progress:
             progress(done=len(chunk))

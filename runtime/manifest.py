@@ -87,6 +87,16 @@ class GenerationDefaults:
 
 
 @dataclass(frozen=True)
+class CtcSpec:
+    """The bundle's optional CTC head graph (see `htr.ctc`), its blank and skipped ids, and its default weight."""
+
+    graph: GraphSpec
+    blank: int
+    skip: Tuple[int, ...]
+    weight: float
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A parsed, checked `manifest.json`; `raw` keeps the whole document for reporting."""
 
@@ -102,6 +112,7 @@ class Manifest:
     clean_up_tokenization_spaces: bool
     generation: GenerationDefaults
     raw: Dict[str, Any]
+    ctc: Optional[CtcSpec] = None  # None: the bundle has no CTC head
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -231,6 +242,19 @@ def load_manifest(bundle_dir: Union[str, Path], verify_files: bool = True) -> Ma
     if tokenizer_file not in files:
         raise BundleError(f"{where}: tokenizer file {tokenizer_file} is not listed under 'files'")
 
+    ctc = None
+    if "ctc" in raw:
+        node = r.get(raw, "ctc", dict, "")
+        graph = GraphSpec(r.get(node, "file", str, "ctc."), r.tensors(node, "inputs", "ctc."), r.tensors(node, "outputs", "ctc."))
+        ctc = CtcSpec(graph, r.get(node, "blank", int, "ctc."), tuple(r.get(node, "skip", list, "ctc.")), r.get(node, "weight", float, "ctc."))
+        if graph.file not in files:
+            raise BundleError(f"{where}: CTC head file {graph.file} is not listed under 'files'")
+        out = graph.outputs
+        if len(graph.inputs) != 1 or len(out) != 1 or not out[0].shape or not isinstance(out[0].shape[-1], int):
+            raise BundleError(f"{where}: the CTC head graph should take one input and give one output ending in a fixed vocabulary size")
+        if not 0.0 <= ctc.weight <= 1.0:
+            raise BundleError(f"{where}: ctc.weight is {ctc.weight}, expected a number from 0 to 1")
+
     self_cache = r.links(cache, "self", "decoder_cache.")
     cross_cache = r.links(cache, "cross", "decoder_cache.")
     _check_cache_links(where, graphs, self_cache, cross_cache)
@@ -269,4 +293,5 @@ def load_manifest(bundle_dir: Union[str, Path], verify_files: bool = True) -> Ma
             no_repeat_ngram_size=r.get(gen, "no_repeat_ngram_size", int, "generation."),
         ),
         raw=raw,
+        ctc=ctc,
     )

@@ -7,10 +7,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnxruntime as ort
 
+from .ctc import CtcHead, rescore
 from .errors import BundleError, BundleNotFoundError, OptionsError
 from .images import ImageInput, load_image, preprocess
 from .manifest import GraphSpec, Manifest, default_bundle, load_manifest
-from .search import SearchSettings, beam_search, greedy_search
+from .search import SearchSettings, beam_search_n_best, greedy_search
 from .text import TextDecoder
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
@@ -58,7 +59,9 @@ class GenerationOptions:
     """Decoding settings as in transformers' `generate`; `None` takes the bundle's default.
 
     Lengths count the decoder start token, as transformers' `max_length`/`min_length` do;
-    `max_new_tokens` counts generated tokens only and wins over `max_length`.
+    `max_new_tokens` counts generated tokens only and wins over `max_length`. `ctc_weight` is not a
+    transformers setting: with 2 or more beams and a bundle that has a CTC head, the finished
+    hypotheses are rescored with it (`htr.ctc`); 0 gives exactly `generate`'s result.
     """
 
     num_beams: Optional[int] = None
@@ -68,6 +71,15 @@ class GenerationOptions:
     length_penalty: Optional[float] = None
     early_stopping: Optional[Union[bool, str]] = None
     no_repeat_ngram_size: Optional[int] = None
+    ctc_weight: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """Resolved settings: the search's, and the CTC weight (0: none)."""
+
+    search: SearchSettings
+    ctc_weight: float
 
 
 def _check_graph(session: ort.InferenceSession, spec: GraphSpec, path: Path) -> None:
@@ -86,6 +98,17 @@ def _check_graph(session: ort.InferenceSession, spec: GraphSpec, path: Path) -> 
                 f"{', '.join(missing) or 'none'}; found but not expected: {', '.join(extra) or 'none'}"
                 + ("" if missing or extra else "; same names in another order")
             )
+
+
+def _session(manifest: Manifest, spec: GraphSpec, options: ort.SessionOptions, provider: str) -> ort.InferenceSession:
+    """Return an ONNX Runtime session of one graph of the bundle, checked against the manifest."""
+    path = manifest.path(spec.file)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=PROVIDERS[provider])
+    except Exception as e:  # onnxruntime raises its own untyped errors for unreadable graphs
+        raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({e})") from e
+    _check_graph(session, spec, path)
+    return session
 
 
 class _CachedDecoder:
@@ -153,15 +176,9 @@ class Recognizer:
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self._sessions = {}
-        for name, spec in self.manifest.graphs.items():
-            path = self.manifest.path(spec.file)
-            try:
-                session = ort.InferenceSession(str(path), sess_options=options, providers=PROVIDERS[provider])
-            except Exception as e:  # onnxruntime raises its own untyped errors for unreadable graphs
-                raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({e})") from e
-            _check_graph(session, spec, path)
-            self._sessions[name] = session
+        self._sessions = {name: _session(self.manifest, spec, options, provider) for name, spec in self.manifest.graphs.items()}
+        ctc = self.manifest.ctc
+        self._ctc: Optional[CtcHead] = None if ctc is None else CtcHead(_session(self.manifest, ctc.graph, options, provider), ctc)
         self._text = TextDecoder(self.manifest.path(self.manifest.tokenizer_file), self.manifest.clean_up_tokenization_spaces)
         gen = self.manifest.generation
         self.defaults = GenerationOptions(
@@ -171,10 +188,11 @@ class Recognizer:
             length_penalty=gen.length_penalty,
             early_stopping=gen.early_stopping,
             no_repeat_ngram_size=gen.no_repeat_ngram_size,
+            ctc_weight=ctc.weight if ctc is not None else 0.0,
         )
 
-    def _settings(self, options: GenerationOptions) -> SearchSettings:
-        """Return the search settings for `options` over the bundle defaults, checked."""
+    def _settings(self, options: GenerationOptions) -> _Decoding:
+        """Return the decoding settings for `options` over the bundle defaults, checked."""
         merged = replace(self.defaults, **{k: v for k, v in vars(options).items() if v is not None})
         max_length = merged.max_length if merged.max_new_tokens is None else merged.max_new_tokens + 1
         tokens = self.manifest.special_tokens
@@ -184,11 +202,14 @@ class Recognizer:
             (merged.min_length >= 0, f"min_length must be at least 0, got {merged.min_length}"),
             (merged.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be at least 0, got {merged.no_repeat_ngram_size}"),
             (merged.early_stopping in (True, False, "never"), f"early_stopping must be True, False or 'never', got {merged.early_stopping!r}"),
+            (0.0 <= merged.ctc_weight <= 1.0, f"ctc_weight must be from 0 to 1, got {merged.ctc_weight}"),
+            (merged.ctc_weight == 0.0 or self._ctc is not None,
+             f"ctc_weight {merged.ctc_weight} asked for, but the bundle {self.manifest.root} has no CTC head: use ctc_weight 0"),
         )
         for ok, message in checks:
             if not ok:
                 raise OptionsError(message)
-        return SearchSettings(
+        search = SearchSettings(
             num_beams=merged.num_beams,
             max_length=max_length,
             min_length=merged.min_length,
@@ -199,6 +220,12 @@ class Recognizer:
             eos=tokens.eos,
             pad=tokens.pad,
         )
+        return _Decoding(search, float(merged.ctc_weight))
+
+    @property
+    def has_ctc_head(self) -> bool:
+        """Whether the bundle carries a CTC head, for `GenerationOptions.ctc_weight`."""
+        return self._ctc is not None
 
     def _encode_pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
         pixels = preprocess([load_image(image) for image in images], self.manifest.preprocessing)
@@ -237,10 +264,10 @@ class Recognizer:
         if max_length is not None:
             overrides.update(max_length=max_length, max_new_tokens=None)
         options = replace(options or GenerationOptions(), **overrides)
-        settings = self._settings(options)
+        decoding = self._settings(options)
         results: List[Recognition] = []
         for start in range(0, len(images), batch_size):
-            results.extend(self._recognize_batch(images[start : start + batch_size], settings))
+            results.extend(self._recognize_batch(images[start : start + batch_size], decoding))
         return results
 
     def read_page(self, image: ImageInput, beams: Optional[int] = None, batch_size: int = 8, max_length: Optional[int] = None,
@@ -259,18 +286,28 @@ class Recognizer:
                  for found, r in zip(layout.lines, results)]
         return Page(picture.width, picture.height, layout.skew, lines)
 
-    def _start_decoder(self, images: Sequence[ImageInput]) -> _CachedDecoder:
-        """Return a decoder step function for these images, their encoder and cross-attention work done."""
-        hidden = self._encode_pixels(images)
+    def _start_decoder(self, images: Sequence[ImageInput], hidden: Optional[np.ndarray] = None) -> _CachedDecoder:
+        """Return a decoder step function for these images, their encoder (unless `hidden` is given) and cross-attention work done."""
+        if hidden is None:
+            hidden = self._encode_pixels(images)
         spec = self.manifest.graphs["cross_attention"]
         outputs = spec.output_names()
         cross = dict(zip(outputs, self._sessions["cross_attention"].run(list(outputs), {spec.inputs[0].name: hidden})))
         return _CachedDecoder(self._sessions["decoder"], self.manifest, cross, len(images))
 
-    def _recognize_batch(self, images: Sequence[ImageInput], settings: SearchSettings) -> List[Recognition]:
-        decoder = self._start_decoder(images)
-        search = greedy_search if settings.num_beams == 1 else beam_search
-        hypotheses = search(decoder, len(images), settings)
+    def _recognize_batch(self, images: Sequence[ImageInput], decoding: _Decoding) -> List[Recognition]:
+        settings = decoding.search
+        hidden = self._encode_pixels(images)
+        decoder = self._start_decoder(images, hidden)
+        if settings.num_beams == 1:
+            hypotheses = greedy_search(decoder, len(images), settings)
+        else:
+            n_best = beam_search_n_best(decoder, len(images), settings)
+            if decoding.ctc_weight > 0.0:
+                log_probs = self._ctc.log_probs(hidden)
+                hypotheses = rescore(self._ctc, log_probs, n_best, decoding.ctc_weight, settings.length_penalty)
+            else:
+                hypotheses = [h[0] for h in n_best]
         texts = self._text.decode([h.tokens for h in hypotheses])
         return [Recognition(text, h.score, tuple(int(t) for t in h.tokens)) for text, h in zip(texts, hypotheses)]
 

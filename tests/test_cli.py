@@ -164,6 +164,13 @@ def test_help_and_bad_options(bundle, images):
     assert "--format" in run("--help").stdout
     assert run(images[1][0], "--model", bundle, "--beams", "0").exit_code == EXIT_USAGE
     assert run(images[1][0], "--model", bundle, "--format", "xml").exit_code == EXIT_USAGE
+    assert run(images[1][0], "--model", bundle, "--ctc-weight", "1.5").exit_code == EXIT_USAGE
+
+
+def test_ctc_weight_on_a_bundle_without_a_ctc_head(bundle, images):
+    result = run(images[1][0], "--model", bundle, "--ctc-weight", "0.3")
+    assert result.exit_code == EXIT_USAGE and "has no CTC head" in result.stderr and result.stdout == ""
+    assert run(images[1][0], "--model", bundle, "--ctc-weight", "0").exit_code == 0
 
 
 def test_console_scripts_for_real(tmp_path, exported, images):

@@ -221,16 +221,22 @@ def attach_ctc_head(model, vocab_size: int, saved_in: Optional[Path] = None) -> 
     return True
 
 
-def ctc_loss(head, hidden, labels, blank: int, ignore: set):
-    """CTC loss of the encoder's last hidden state (B, extra + rows*cols, H) against the decoder labels."""
-    import torch
-
+def ctc_log_probs(head, hidden):
+    """CTC log-probabilities (B, cols * CTC_UPSAMPLE, vocab) of the encoder's last hidden state (B, extra + rows*cols, H)."""
     rows, cols = head.grid
     batch, _, size = hidden.shape
     patches = hidden[:, -rows * cols :]  # the patch tokens come last, after CLS (and DeiT's distillation token)
     columns = patches.reshape(batch, rows, cols, size).permute(0, 2, 1, 3).reshape(batch, cols, rows * size)
-    logits = head(columns).reshape(batch, columns.shape[1] * CTC_UPSAMPLE, -1)
-    log_probs = logits.float().log_softmax(-1).transpose(0, 1)
+    logits = head(columns).reshape(batch, cols * CTC_UPSAMPLE, -1)
+    return logits.float().log_softmax(-1)
+
+
+def ctc_loss(head, hidden, labels, blank: int, ignore: set):
+    """CTC loss of the encoder's last hidden state (B, extra + rows*cols, H) against the decoder labels."""
+    import torch
+
+    batch = hidden.shape[0]
+    log_probs = ctc_log_probs(head, hidden).transpose(0, 1)
     targets = [[t for t in row.tolist() if t >= 0 and t not in ignore] for row in labels]
     lengths = torch.tensor([len(t) for t in targets])
     flat = torch.tensor([t for row in targets for t in row], dtype=torch.long)
