@@ -43,7 +43,7 @@ def default_calibration() -> Path:
 @click.option("--verify-images", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of line images for the check. Default: synthetic lines.")
 @click.option("--ctc-weight", type=click.FloatRange(0.0, 1.0), default=DEFAULT_CTC_WEIGHT, show_default=True,
               help="Where MODEL is a folder with htr-train's CTC head (ctc_head.safetensors), the bundle takes it along and the runtime "
-                   "rescores the beam's finished lines with this weight by default; 0 keeps generate's choice (htr-run --ctc-weight "
+                   "weighs its reading in beam search with this weight by default; 0 keeps generate's search (htr-run --ctc-weight "
                    "changes it at run time).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 def main(model, out_dir, int8, quantize, calibration, calibration_method, activations, eval_data, eval_lines, max_cer_increase, keep_anyway, verify_count, verify_images, ctc_weight, force):

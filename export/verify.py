@@ -87,7 +87,7 @@ def verify_bundle(checkpoint: Checkpoint, bundle_dir: Path, images: Sequence, lo
     """Run the bundle and the PyTorch model on the same images; return a report with `ok` set.
 
     The bundle passes when its tokens are identical to `generate` with the bundle's default
-    settings (without CTC rescoring, which `generate` does not do) and, where it has a CTC head,
+    settings (without the CTC head, which `generate` does not have) and, where it has a CTC head,
     its CTC log-probabilities match PyTorch's within `CTC_TOLERANCE`. Where tokens differ, both are run teacher-forced along PyTorch's tokens: if their
     log-probabilities agree within `PATH_TOLERANCE` the graphs are faithful and the difference is a
     near-tie that float noise decided (common in untrained, random-weight models); it is reported

@@ -131,8 +131,8 @@ def _write_extras(path: str, image, result, page_xml: Optional[Path], overlay: O
         draw_overlay(image, page).save(_side_path(overlay, path, ".overlay.png", many))
 
 
-CTC_WEIGHT_HELP = ("Weight of the bundle's CTC head when choosing among the beam's finished lines (0 to 1; 0: exactly "
-                   "transformers' generate). Default: the bundle's (0 where it has no CTC head).")
+CTC_WEIGHT_HELP = ("Weight of the bundle's CTC head in beam search (0 to 1; 0: exactly transformers' generate). "
+                   "Default: the bundle's (0 where it has no CTC head).")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,11 +7,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnxruntime as ort
 
-from .ctc import CtcHead, rescore
+from .ctc import CtcHead, CtcPrefixScorer, joint_beam_search
 from .errors import BundleError, BundleNotFoundError, OptionsError
 from .images import ImageInput, load_image, preprocess
 from .manifest import GraphSpec, Manifest, default_bundle, load_manifest
-from .search import SearchSettings, beam_search_n_best, greedy_search
+from .search import SearchSettings, beam_search, greedy_search
 from .text import TextDecoder
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
@@ -60,8 +60,8 @@ class GenerationOptions:
 
     Lengths count the decoder start token, as transformers' `max_length`/`min_length` do;
     `max_new_tokens` counts generated tokens only and wins over `max_length`. `ctc_weight` is not a
-    transformers setting: with 2 or more beams and a bundle that has a CTC head, the finished
-    hypotheses are rescored with it (`htr.ctc`); 0 gives exactly `generate`'s result.
+    transformers setting: with 2 or more beams and a bundle that has a CTC head, the beam search
+    weighs the head's reading with it (`htr.ctc`); 0 gives exactly `generate`'s result.
     """
 
     num_beams: Optional[int] = None
@@ -301,13 +301,11 @@ class Recognizer:
         decoder = self._start_decoder(images, hidden)
         if settings.num_beams == 1:
             hypotheses = greedy_search(decoder, len(images), settings)
+        elif decoding.ctc_weight > 0.0:
+            scorer = CtcPrefixScorer(self._ctc, self._ctc.log_probs(hidden))
+            hypotheses = joint_beam_search(decoder, len(images), settings, scorer, decoding.ctc_weight)
         else:
-            n_best = beam_search_n_best(decoder, len(images), settings)
-            if decoding.ctc_weight > 0.0:
-                log_probs = self._ctc.log_probs(hidden)
-                hypotheses = rescore(self._ctc, log_probs, n_best, decoding.ctc_weight, settings.length_penalty)
-            else:
-                hypotheses = [h[0] for h in n_best]
+            hypotheses = beam_search(decoder, len(images), settings)
         texts = self._text.decode([h.tokens for h in hypotheses])
         return [Recognition(text, h.score, tuple(int(t) for t in h.tokens)) for text, h in zip(texts, hypotheses)]
 

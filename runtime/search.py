@@ -118,11 +118,6 @@ def greedy_search(step: StepFn, n_images: int, settings: SearchSettings) -> List
 
 def beam_search(step: StepFn, n_images: int, settings: SearchSettings) -> List[Hypothesis]:
     """Return the best beam of each image, as `generate(num_beams=k)` picks it, with its sequence score."""
-    return [hypotheses[0] for hypotheses in beam_search_n_best(step, n_images, settings)]
-
-
-def beam_search_n_best(step: StepFn, n_images: int, settings: SearchSettings) -> List[List[Hypothesis]]:
-    """Return each image's finished hypotheses, best first, as `generate(num_return_sequences=num_beams)` does."""
     beams, max_len, penalty = settings.num_beams, settings.max_length, settings.length_penalty
     eos = np.asarray(settings.eos)
     n_keep = max(2, 1 + eos.size) * beams
@@ -139,7 +134,7 @@ def beam_search_n_best(step: StepFn, n_images: int, settings: SearchSettings) ->
     fin_done = np.zeros((n_images, beams), dtype=bool)
     fin_len = np.ones((n_images, beams), dtype=np.int64)
 
-    results: List[List[Hypothesis]] = [None] * n_images  # type: ignore[list-item]
+    results: List[Hypothesis] = [None] * n_images  # type: ignore[list-item]
     active = np.arange(n_images)
     parents = np.arange(n_images)
     cur_len = 1
@@ -202,8 +197,7 @@ def beam_search_n_best(step: StepFn, n_images: int, settings: SearchSettings) ->
             finished |= fin_done[active].all(axis=1)
 
         for i in active[finished]:
-            done = [k for k in range(beams) if fin_done[i, k]] or [0]
-            results[i] = [Hypothesis(fin_seq[i, k, 1 : fin_len[i, k]].copy(), float(fin_score[i, k])) for k in done]
+            results[i] = Hypothesis(fin_seq[i, 0, 1 : fin_len[i, 0]].copy(), float(fin_score[i, 0]))
         parents = next_rows[~finished].reshape(-1)
         active = active[~finished]
     return results

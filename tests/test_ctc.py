@@ -1,4 +1,4 @@
-"""Joint attention/CTC rescoring: the numpy CTC matches PyTorch's, and the recognizer picks what a PyTorch reference picks."""
+"""Hybrid CTC/attention beam search: CTC prefix scores against PyTorch's CTC, the search against a plain reference."""
 
 import json
 
@@ -7,9 +7,7 @@ import pytest
 
 from conftest import line_images
 from htr import BundleError, GenerationOptions, OptionsError, Recognizer
-from htr.ctc import sequence_log_likelihoods
 from htr.images import load_image
-from htr.search import log_softmax
 from tiny import TROCR, Variant, needs_shared, save_checkpoint
 
 torch = pytest.importorskip("torch")
@@ -28,25 +26,50 @@ def torch_ctc(log_probs: np.ndarray, labels, blank: int) -> np.ndarray:
     return -torch.nn.functional.ctc_loss(lp.double(), flat, steps, lengths, blank=blank, reduction="none").numpy()
 
 
-def test_sequence_log_likelihoods_match_torch():
-    rng = np.random.default_rng(0)
-    log_probs = log_softmax((3 * rng.normal(size=(8, 15, 9))).astype(np.float32)).astype(np.float64)
-    labels = [
-        [1, 2, 3],
-        [2, 2],  # a repeat needs a blank between
-        [],  # blanks only
-        [4] * 8,  # 8 repeats and 7 blanks: exactly 15 steps, one alignment
-        [4] * 9,  # 17 steps needed: impossible
-        [1, 2, 1, 2, 1, 2, 1],
-        [8],
-        [5, 6, 5, 5, 7, 1, 2, 3],
-    ]
-    ours = sequence_log_likelihoods(log_probs, labels, blank=0)
-    expected = torch_ctc(log_probs, labels, blank=0)
+def prefix_scorer(log_probs, blank=0):
+    from htr.ctc import CtcPrefixScorer
+
+    class Head:
+        pass
+
+    head = Head()
+    head.blank = blank
+    return CtcPrefixScorer(head, log_probs)
+
+
+def random_log_probs(shape, seed=0):
+    logits = 3 * np.random.default_rng(seed).normal(size=shape)
+    return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)  # float64: the probabilities sum to 1 exactly enough
+
+
+def test_prefix_scores_share_out_the_prefix():
+    """P(prefix g) = P(exactly g) + sum over labels c of P(prefix g + c): checked for the empty prefix and longer ones."""
+    log_probs = random_log_probs((2, 12, 7))
+    scorer = prefix_scorer(log_probs)
+    images = np.array([0, 1])
+    r, psi, last = scorer.initial(images)
+    labels = np.tile(np.arange(1, 7), (2, 1))
+    for token in (3, 3, 5):  # a repeat on the way
+        extended = scorer.scores(images, r, last, labels)
+        np.testing.assert_allclose(np.logaddexp(np.logaddexp.reduce(extended, axis=1), scorer.final(r)), psi, atol=1e-12)
+        psi = extended[:, token - 1]
+        r, last = scorer.advance(images, r, last, np.full(2, token)), np.full(2, token)
+
+
+def test_whole_sequence_scores_match_torch_ctc_loss():
+    log_probs = random_log_probs((8, 15, 9), seed=1)
+    labels = [[1, 2, 3], [2, 2], [], [4] * 8, [4] * 9, [1, 2, 1, 2, 1, 2, 1], [8], [5, 6, 5, 5, 7, 1, 2, 3]]
+    expected = torch_ctc(log_probs, labels, blank=0)  # [4] * 9 needs 17 steps: impossible, -inf
+    scorer = prefix_scorer(log_probs)
+    ours = []
+    for i, seq in enumerate(labels):
+        image = np.array([i])
+        r, _, last = scorer.initial(image)
+        for token in seq:
+            r, last = scorer.advance(image, r, last, np.array([token])), np.array([token])
+        ours.append(scorer.final(r)[0])
     assert np.isneginf(ours[4]) and np.isinf(expected[4])
-    finite = np.isfinite(expected)
-    assert finite.sum() == len(labels) - 1
-    np.testing.assert_allclose(ours[finite], expected[finite], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(np.delete(ours, 4), np.delete(expected, 4), rtol=1e-9, atol=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -67,60 +90,133 @@ def ctc_bundle(tmp_path_factory):
     attach_ctc_head(holder, CTC_VARIANT.vocab)
     with torch.no_grad():
         holder.ctc_head.weight.mul_(40.0)  # decisive enough to overrule the decoder now and then
+        holder.ctc_head.bias[1 :: CTC_VARIANT.vocab] += 60.0  # more blanks (pad, 1): some lines end before max_length
     save_file({k: v.contiguous() for k, v in holder.ctc_head.state_dict().items()}, str(folder / CTC_HEAD_FILE))
     export_bundle(load_checkpoint(str(folder)), root / "bundle", log=lambda m: None, ctc_weight=WEIGHT)
     return folder, root / "bundle", holder.ctc_head
 
 
-def pytorch_joint_choice(folder, head, images, weight: float, beams: int = 4, max_length: int = 40):
-    """The reference: generate's n-best, each scored (1 - weight) x decoder log-prob + weight x PyTorch's CTC."""
+def reference_joint_search(model, pixels, log_probs, special, weight, beams=4, max_length=40, eos=2, blank=1):
+    """The same search written plainly, one image and one hypothesis at a time, with PyTorch's decoder (no cache) and
+    CTC prefix scores by the textbook forward recursion: transformers' beam search on the joint score."""
+
+    def forward(lp, labels):  # textbook CTC forward variables; returns (alpha at the last step, fresh entries into the last label)
+        ext = [blank]
+        for label in labels:
+            ext += [label, blank]
+        alpha = np.full(len(ext), -np.inf)
+        alpha[0] = lp[0, blank]
+        if labels:
+            alpha[1] = lp[0, ext[1]]
+        fresh = alpha[1] if len(labels) == 1 else -np.inf
+        end = 2 * len(labels) - 1
+        for t in range(1, lp.shape[0]):
+            prev = alpha.copy()
+            for s in range(len(ext)):
+                into = prev[s - 1] if s >= 1 else -np.inf
+                if s >= 2 and ext[s] != blank and ext[s] != ext[s - 2]:
+                    into = np.logaddexp(into, prev[s - 2])
+                if s == end:
+                    fresh = np.logaddexp(fresh, into + lp[t, ext[s]])
+                alpha[s] = np.logaddexp(prev[s], into) + lp[t, ext[s]]
+        return alpha, fresh
+
+    def prefix_score(lp, labels):  # log P(the CTC reading starts with labels)
+        return forward(lp, labels)[1] if labels else 0.0
+
+    def whole_score(lp, labels):  # log P(the CTC reading is labels)
+        alpha = forward(lp, labels)[0]
+        return np.logaddexp.reduce(alpha[-2:]) if labels else alpha[0]
+
+    results = []
+    for i in range(pixels.shape[0]):
+        lp = log_probs[i]
+        with torch.no_grad():
+            hidden = model.encoder(pixel_values=pixels[i : i + 1]).last_hidden_state
+        running = [([2], 0.0 if b == 0 else -1e9, 0.0, 0.0) for b in range(beams)]  # tokens, joint, decoder, CTC prefix
+        finished = []  # (joint / length ** 1, decoder / length, tokens)
+        cur_len = 1
+        while True:
+            candidates = []
+            for b, (seq, joint, dec, psi) in enumerate(running):
+                with torch.no_grad():
+                    logits = model.decoder(input_ids=torch.tensor([seq]), encoder_hidden_states=hidden).logits[0, -1]
+                step = torch.log_softmax(logits.float(), dim=-1).numpy().astype(np.float64)
+                for c in sorted(range(step.size), key=lambda c: -step[c])[: 2 * beams]:
+                    labels = [t for t in seq[1:] if t not in special]
+                    if c == eos:
+                        new_psi = whole_score(lp, labels)
+                    elif c in special:
+                        new_psi = -np.inf  # the head cannot read it: not taken
+                    else:
+                        new_psi = prefix_score(lp, labels + [c])
+                    gain = -np.inf if new_psi == -np.inf else (1 - weight) * step[c] + weight * (new_psi - psi)
+                    candidates.append((joint + gain, seq + [c], dec + step[c], new_psi))
+            candidates = sorted(candidates, key=lambda c: -c[0])[: 2 * beams]
+            running = []
+            for rank, (joint, seq, dec, psi) in enumerate(candidates):
+                if seq[-1] == eos or cur_len + 1 >= max_length:
+                    if rank < beams:
+                        finished.append((joint / cur_len, dec / cur_len, seq[1:]))
+                elif len(running) < beams:
+                    running.append((seq, joint, dec, psi))
+            finished = sorted(finished, key=lambda f: -f[0])[:beams]
+            cur_len += 1
+            worst = finished[-1][0] if len(finished) == beams else -np.inf
+            if not running or running[0][1] / (cur_len - 1) <= worst:
+                break
+        results.append(finished[0])
+    return results
+
+
+def bundle_inputs(folder, head, images):
+    """PyTorch's model, pixels and CTC log-probabilities (head weights rounded to float16, as the bundle holds them)."""
     from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
     from htr.train.trainer import ctc_log_probs
 
     model = VisionEncoderDecoderModel.from_pretrained(folder).eval()
-    processor = AutoImageProcessor.from_pretrained(folder)
-    special = set(AutoTokenizer.from_pretrained(folder).all_special_ids)
-    pixels = processor(images=[load_image(i) for i in images], return_tensors="pt").pixel_values
+    pixels = AutoImageProcessor.from_pretrained(folder)(images=[load_image(i) for i in images], return_tensors="pt").pixel_values
     rounded = torch.nn.Linear(head.in_features, head.out_features)
     rounded.grid = head.grid
     with torch.no_grad():
-        rounded.load_state_dict({k: v.half().float() for k, v in head.state_dict().items()})  # as the bundle stores it
-        out = model.generate(pixels, num_beams=beams, num_return_sequences=beams, max_length=max_length, do_sample=False,
-                             output_scores=True, return_dict_in_generate=True)
+        rounded.load_state_dict({k: v.half().float() for k, v in head.state_dict().items()})
         log_probs = ctc_log_probs(rounded, model.encoder(pixel_values=pixels).last_hidden_state).numpy().astype(np.float64)
-    chosen, top = [], []
-    for i in range(len(images)):
-        rows = []
-        for k in range(beams):
-            seq = out.sequences[i * beams + k].tolist()[1:]
-            seq = seq[: seq.index(2) + 1] if 2 in seq else seq
-            decoder = out.sequences_scores[i * beams + k].item() * len(seq)
-            labels = [t for t in seq if t not in special]
-            ctc = torch_ctc(log_probs[i : i + 1], [labels], blank=1)[0] if weight else 0.0
-            rows.append((seq, (1 - weight) * decoder + weight * ctc))
-        top.append(rows[0][0])
-        chosen.append(max(rows, key=lambda r: r[1])[0])  # the first of equal scores, as numpy's argmax
-    return chosen, top
+    return model, pixels, log_probs, set(AutoTokenizer.from_pretrained(folder).all_special_ids)
 
 
 @needs_shared
-def test_rescoring_picks_what_pytorch_picks(ctc_bundle):
+def test_joint_search_matches_the_plain_reference(ctc_bundle):
     folder, bundle, head = ctc_bundle
-    images = line_images(12, seed=8, size=(20, 200))
-    chosen, top = pytorch_joint_choice(folder, head, images, WEIGHT)
-    assert sum(c != t for c, t in zip(chosen, top)) >= 2, "the CTC head never overrules the beam: this test would prove nothing"
-    results = Recognizer(bundle).recognize(images, options=GenerationOptions(num_beams=4, max_length=40))
-    assert [list(r.tokens) for r in results] == chosen
+    images = line_images(8, seed=8, size=(20, 200))
+    model, pixels, log_probs, special = bundle_inputs(folder, head, images)
+    expected = reference_joint_search(model, pixels, log_probs, special, WEIGHT, max_length=16)
+    recognizer = Recognizer(bundle)
+    ours = recognizer.recognize(images, options=GenerationOptions(num_beams=4, max_length=16))
+    plain = recognizer.recognize(images, options=GenerationOptions(num_beams=4, max_length=16, ctc_weight=0.0))
+    assert sum(a.tokens != b.tokens for a, b in zip(ours, plain)) >= 2, "the CTC head never changes the result: this test would prove nothing"
+    assert [list(r.tokens) for r in ours] == [e[2] for e in expected]
+    np.testing.assert_allclose([r.score for r in ours], [e[1] for e in expected], rtol=1e-4, atol=1e-5)  # the decoder's own score
+    assert {r.tokens[-1] == 2 for r in ours} == {True, False}  # lines ended by eos, and lines cut at max_length
 
 
 @needs_shared
-def test_weight_zero_is_exactly_generate(ctc_bundle):
+def test_joint_search_with_weight_zero_is_generate(ctc_bundle):
+    from htr.ctc import CtcPrefixScorer, joint_beam_search
+
     folder, bundle, head = ctc_bundle
-    images = line_images(12, seed=8, size=(20, 200))
-    _, top = pytorch_joint_choice(folder, head, images, 0.0)
-    results = Recognizer(bundle).recognize(images, options=GenerationOptions(num_beams=4, max_length=40, ctc_weight=0.0))
-    assert [list(r.tokens) for r in results] == top
+    images = line_images(10, seed=8, size=(20, 200))
+    model, pixels, _, _ = bundle_inputs(folder, head, images)
+    with torch.no_grad():
+        out = model.generate(pixels, num_beams=4, max_length=40, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    expected = [row[: row.index(2) + 1] if 2 in row else row for row in (full[1:] for full in out.sequences.tolist())]
+    recognizer = Recognizer(bundle)
+    hidden = recognizer.encode(images)
+    scorer = CtcPrefixScorer(recognizer._ctc, recognizer._ctc.log_probs(hidden))
+    settings = recognizer._settings(GenerationOptions(num_beams=4, max_length=40)).search
+    ours = joint_beam_search(recognizer._start_decoder(images, hidden), len(images), settings, scorer, 0.0)
+    assert [h.tokens.tolist() for h in ours] == expected
+    np.testing.assert_allclose([h.score for h in ours], out.sequences_scores.numpy(), rtol=1e-4, atol=1e-5)
 
 
 @needs_shared

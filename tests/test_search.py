@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from htr.search import SearchSettings, ban_early_eos, ban_repeated_ngrams, beam_search, beam_search_n_best, greedy_search, log_softmax, top_k
+from htr.search import SearchSettings, ban_early_eos, ban_repeated_ngrams, beam_search, greedy_search, log_softmax, top_k
 
 torch = pytest.importorskip("torch")
 
@@ -129,23 +129,6 @@ def test_search_reproduces_generate(reference, case):
     assert [h.tokens.tolist() for h in ours] == expected_tokens(out.sequences)
     if s.num_beams > 1:
         np.testing.assert_allclose([h.score for h in ours], out.sequences_scores.numpy(), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("case", [c for c in CASES if c["num_beams"] > 1], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
-def test_n_best_reproduces_generate_return_sequences(reference, case):
-    """Every finished hypothesis, best first, as `generate(num_return_sequences=num_beams)` returns them."""
-    model, pixels, hidden = reference
-    s = settings(**case)
-    with torch.no_grad():
-        out = model.generate(
-            pixels, num_beams=s.num_beams, num_return_sequences=s.num_beams, max_length=s.max_length, min_length=s.min_length,
-            length_penalty=s.length_penalty, early_stopping=s.early_stopping, no_repeat_ngram_size=s.no_repeat_ngram_size,
-            do_sample=False, output_scores=True, return_dict_in_generate=True,
-        )
-    ours = beam_search_n_best(TorchStep(model, hidden), hidden.shape[0], s)
-    assert [len(hyps) for hyps in ours] == [s.num_beams] * hidden.shape[0]
-    assert [h.tokens.tolist() for hyps in ours for h in hyps] == expected_tokens(out.sequences)
-    np.testing.assert_allclose([h.score for hyps in ours for h in hyps], out.sequences_scores.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_outputs_end_at_varied_lengths(reference):
