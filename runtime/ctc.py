@@ -3,21 +3,21 @@
 A model trained with htr-train's auxiliary CTC loss has a second reader: a linear head over each
 column of encoder patches, giving a few CTC steps per column. It reads the whole line at once,
 without the decoder's left-to-right guesses, so it catches letters the decoder drops, doubles or
-makes up. `joint_beam_search` scores every candidate of transformers' beam search by
+makes up. Every candidate of transformers' beam search is then scored by
 
     (1 - weight) * decoder log-probability + weight * CTC prefix log-probability
 
 (both summed over the sequence so far; at eos the CTC term is the whole sequence's likelihood), as
-hybrid CTC/attention recognisers do (Watanabe et al., 2017). With weight 0 it is transformers'
-beam search exactly; the recognizer then runs `htr.search.beam_search` itself.
+hybrid CTC/attention recognisers do (Watanabe et al., 2017): `CtcCandidates` gives
+`htr.search.beam_search` its candidates. With weight 0 it is transformers' beam search exactly.
 """
 
-from typing import List, Tuple
+from typing import Tuple
 
 import numpy as np
 
 from .manifest import CtcSpec
-from .search import _MASK, Hypothesis, SearchSettings, StepFn, ban_early_eos, ban_repeated_ngrams, log_softmax, top_k
+from .search import SearchSettings, n_candidates, top_k
 
 
 class CtcHead:
@@ -99,127 +99,49 @@ class CtcPrefixScorer:
         return np.logaddexp(r[:, -1, 0], r[:, -1, 1])
 
 
-def joint_beam_search(step: StepFn, n_images: int, settings: SearchSettings, scorer: CtcPrefixScorer,
-                      weight: float) -> List[Hypothesis]:
-    """Beam search on `(1 - weight) * decoder + weight * CTC prefix` log-probabilities; return each image's best.
+class CtcCandidates:
+    """Beam search candidates scored `(1 - weight) * decoder + weight * CTC prefix` (`htr.search.CandidateScorer`).
 
-    It is transformers' beam search (`htr.search.beam_search`) with the score of every
-    candidate changed: each running beam's `2 * num_beams` most likely next tokens (the decoder's)
-    are scored by the CTC head too, as the change in its prefix score; eos scores the whole
-    sequence. Tokens the head cannot read (other special tokens, ids past its vocabulary) are not
-    taken: left free, they would let the search dodge the head. The finished set,
-    length normalisation and stopping are transformers', on the joint score; a hypothesis keeps the
-    decoder's own length-normalised score. With weight 0 the result is `generate`'s.
+    Each running beam's `n_candidates(settings)` likeliest next tokens (the decoder's; enough that
+    weight 0 is transformers' search exactly) are scored by the CTC head too, as the change in its
+    prefix score; eos scores the whole sequence. Tokens the head cannot read (other special tokens,
+    ids past its vocabulary) are not taken: left free, they would let the search dodge the head.
+    The search keeps the CTC state of the beams that go on through `keep`.
     """
-    head = scorer.head
-    beams, max_len, penalty = settings.num_beams, settings.max_length, settings.length_penalty
-    eos = np.asarray(settings.eos)
-    n_keep = max(2, 1 + eos.size) * beams
-    top_beams_only = np.arange(n_keep) < beams
-    skipped = np.asarray(sorted(head.skip), dtype=np.int64)
-    stand_in = next(t for t in range(head.vocab) if t != head.blank and t not in head.skip)  # any label the head reads
 
-    run_seq = np.full((n_images, beams, max_len), settings.pad, dtype=np.int64)
-    run_seq[:, :, 0] = settings.decoder_start
-    run_score = np.zeros((n_images, beams))  # joint
-    run_score[:, 1:] = _MASK
-    run_dec = np.zeros((n_images, beams))  # the decoder's log-probability alone
-    r, psi, last = scorer.initial(np.repeat(np.arange(n_images), beams))
-    run_r = r.reshape(n_images, beams, *r.shape[1:])
-    run_psi, run_last = psi.reshape(n_images, beams), last.reshape(n_images, beams)
-    fin_seq = run_seq.copy()
-    fin_score = np.full((n_images, beams), _MASK, dtype=np.float64)
-    fin_dec = np.zeros((n_images, beams))
-    fin_done = np.zeros((n_images, beams), dtype=bool)
-    fin_len = np.ones((n_images, beams), dtype=np.int64)
+    def __init__(self, scorer: CtcPrefixScorer, weight: float, settings: SearchSettings, n_images: int):
+        head = scorer.head
+        self.scorer, self.weight, self.beams, self.k = scorer, weight, settings.num_beams, n_candidates(settings)
+        self.eos = np.asarray(settings.eos)
+        self.unread = np.asarray(sorted(set(head.skip) | {head.blank}), dtype=np.int64)
+        self.vocab = head.vocab
+        self.stand_in = next(t for t in range(head.vocab) if t not in self.unread)  # any label the head reads
+        r, psi, last = scorer.initial(np.repeat(np.arange(n_images), self.beams))
+        self.r = r.reshape(n_images, self.beams, *r.shape[1:])
+        self.psi, self.last = psi.reshape(n_images, self.beams), last.reshape(n_images, self.beams)
 
-    results: List[Hypothesis] = [None] * n_images  # type: ignore[list-item]
-    active = np.arange(n_images)
-    parents = np.arange(n_images)
-    cur_len = 1
-    while active.size:
-        first = cur_len == 1
-        n_act = active.size
-        prefix = run_seq[active, 0, :cur_len] if first else run_seq[active, :, :cur_len].reshape(-1, cur_len)
-        logprobs = log_softmax(np.asarray(step(prefix, parents), dtype=np.float32))
-        ban_repeated_ngrams(logprobs, prefix, settings.no_repeat_ngram_size)
-        ban_early_eos(logprobs, cur_len, settings)
-        vocab = logprobs.shape[-1]
-        logprobs = logprobs.reshape(n_act, 1 if first else beams, vocab)
-        if first:
-            logprobs = np.repeat(logprobs, beams, axis=1)
+    def candidates(self, active: np.ndarray, logprobs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        n_act, beams, vocab = logprobs.shape
+        tokens = top_k(logprobs.reshape(-1, vocab), self.k)  # (rows, k)
+        decoder = np.take_along_axis(logprobs.reshape(-1, vocab), tokens, axis=1).astype(np.float64)
+        ends = np.isin(tokens, self.eos)
+        self._read = ~ends & ~np.isin(tokens, self.unread) & (tokens < self.vocab)
+        self._tokens, self._images = tokens, np.repeat(active, beams)
+        self._r, self._last = self.r[active].reshape(-1, *self.r.shape[2:]), self.last[active].reshape(-1)
+        psi = self.psi[active].reshape(-1)
+        extended = self.scorer.scores(self._images, self._r, self._last, np.where(self._read, tokens, self.stand_in))
+        self._psi = np.where(ends, self.scorer.final(self._r)[:, None], np.where(self._read, extended, -np.inf))
+        gains = (1.0 - self.weight) * decoder
+        if self.weight > 0.0:  # an impossible extension (-inf) stays impossible, even of an impossible prefix
+            gains = gains + self.weight * np.where(np.isneginf(self._psi), -np.inf, self._psi - np.where(np.isneginf(psi), 0.0, psi)[:, None])
+        return tokens.reshape(n_act, beams, self.k), gains.reshape(n_act, beams, self.k)
 
-        # Each beam's likeliest next tokens, scored by the CTC head as well.
-        tokens = top_k(logprobs.reshape(-1, vocab), n_keep).reshape(n_act, beams, n_keep)
-        dec_step = np.take_along_axis(logprobs, tokens, axis=2).astype(np.float64)
-        flat = tokens.reshape(-1, n_keep)
-        ends = np.isin(flat, eos)
-        read = ~ends & ~np.isin(flat, skipped) & (flat != head.blank) & (flat < head.vocab)
-        r_rows = run_r[active].reshape(-1, *run_r.shape[2:])
-        psi_rows, last_rows = run_psi[active].reshape(-1), run_last[active].reshape(-1)
-        images = np.repeat(active, beams)
-        new_psi = scorer.scores(images, r_rows, last_rows, np.where(read, flat, stand_in))
-        new_psi = np.where(ends, scorer.final(r_rows)[:, None], np.where(read, new_psi, -np.inf))
-        gain = (1.0 - weight) * dec_step
-        if weight > 0.0:  # an impossible extension (-inf) stays impossible, even of an impossible prefix
-            ctc_gain = np.where(np.isneginf(new_psi), -np.inf, new_psi - np.where(np.isneginf(psi_rows), 0.0, psi_rows)[:, None])
-            gain = gain + weight * ctc_gain.reshape(n_act, beams, n_keep)
-        total = (run_score[active][:, :, None] + gain).reshape(n_act, -1)
-
-        cand = top_k(total, n_keep)
-        cand_score = np.take_along_axis(total, cand, axis=1)
-        cand_beam, cand_slot = cand // n_keep, cand % n_keep
-        cand_token = tokens.reshape(n_act, -1)[np.arange(n_act)[:, None], cand]
-        cand_dec = run_dec[active[:, None], cand_beam] + dec_step.reshape(n_act, -1)[np.arange(n_act)[:, None], cand]
-        cand_seq = run_seq[active[:, None], cand_beam]
-        cand_seq[:, :, cur_len] = cand_token
-        cand_flat = (np.arange(n_act)[:, None] * beams + cand_beam) * n_keep + cand_slot  # into the (rows * n_keep) arrays
-        if first:
-            cand_row = np.broadcast_to(np.arange(n_act)[:, None], cand.shape)
-        else:
-            cand_row = cand_beam + (np.arange(n_act) * beams)[:, None]
-        stops = np.isin(cand_token, eos) | (cur_len + 1 >= max_len)
-
-        run_cand = cand_score + stops * _MASK
-        nxt = top_k(run_cand, beams)
-        run_seq[active] = np.take_along_axis(cand_seq, nxt[:, :, None], axis=1)
-        run_score[active] = np.take_along_axis(run_cand, nxt, axis=1)
-        run_dec[active] = np.take_along_axis(cand_dec, nxt, axis=1)
-        # The CTC state of the beams that go on: their parent's, advanced by the label they read.
-        chosen = np.take_along_axis(cand_flat, nxt, axis=1).reshape(-1)
-        parent, token = chosen // n_keep, flat.reshape(-1)[chosen]
-        token = np.where(read.reshape(-1)[chosen], token, stand_in)  # stopped or impossible beams: any label will do
-        run_r[active] = scorer.advance(images[parent], r_rows[parent], last_rows[parent], token).reshape(run_r[active].shape)
-        run_psi[active] = new_psi.reshape(-1)[chosen].reshape(n_act, beams)
-        run_last[active] = token.reshape(n_act, beams)
-        next_rows = np.take_along_axis(cand_row, nxt, axis=1)
-
-        just_done = stops & top_beams_only
-        norm = float(cur_len) ** penalty
-        done_score = cand_score / norm + (~just_done) * _MASK
-        merged_score = np.concatenate([fin_score[active], done_score], axis=1)
-        pick = top_k(merged_score, beams)
-        fin_score[active] = np.take_along_axis(merged_score, pick, axis=1)
-        fin_dec[active] = np.take_along_axis(np.concatenate([fin_dec[active], cand_dec / norm], axis=1), pick, axis=1)
-        fin_seq[active] = np.take_along_axis(np.concatenate([fin_seq[active], cand_seq], axis=1), pick[:, :, None], axis=1)
-        fin_done[active] = np.take_along_axis(np.concatenate([fin_done[active], just_done], axis=1), pick, axis=1)
-        lens = np.concatenate([fin_len[active], np.full(cand.shape, cur_len + 1)], axis=1)
-        fin_len[active] = np.take_along_axis(lens, pick, axis=1)
-        cur_len += 1
-
-        if settings.early_stopping == "never" and penalty > 0.0:
-            best_length = max_len - 1
-        else:
-            best_length = cur_len - 1
-        best_running = run_score[active, :1] / float(best_length) ** penalty
-        worst_done = np.where(fin_done[active], fin_score[active].min(axis=1, keepdims=True), _MASK)
-        improvable = (best_running > worst_done).any(axis=1)
-        finished = ~improvable | stops.all(axis=1)
-        if settings.early_stopping is True:
-            finished |= fin_done[active].all(axis=1)
-
-        for i in active[finished]:
-            results[i] = Hypothesis(fin_seq[i, 0, 1 : fin_len[i, 0]].copy(), float(fin_dec[i, 0]))
-        parents = next_rows[~finished].reshape(-1)
-        active = active[~finished]
-    return results
+    def keep(self, active: np.ndarray, chosen: np.ndarray) -> None:
+        rows = (np.arange(active.size)[:, None] * self.beams + chosen // self.k).reshape(-1)  # the parent beams' rows
+        slots = (chosen % self.k).reshape(-1)
+        read = self._read[rows, slots]
+        token = np.where(read, self._tokens[rows, slots], self.stand_in)  # beams that stopped or cannot go on: any label
+        shape = (active.size, self.beams)
+        self.r[active] = self.scorer.advance(self._images[rows], self._r[rows], self._last[rows], token).reshape(*shape, *self.r.shape[2:])
+        self.psi[active] = self._psi[rows, slots].reshape(shape)
+        self.last[active] = token.reshape(shape)

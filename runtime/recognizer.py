@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnxruntime as ort
 
-from .ctc import CtcHead, CtcPrefixScorer, joint_beam_search
+from .ctc import CtcCandidates, CtcHead, CtcPrefixScorer
 from .errors import BundleError, BundleNotFoundError, OptionsError
 from .images import ImageInput, load_image, preprocess
 from .manifest import GraphSpec, Manifest, default_bundle, load_manifest
@@ -303,7 +303,7 @@ class Recognizer:
             hypotheses = greedy_search(decoder, len(images), settings)
         elif decoding.ctc_weight > 0.0:
             scorer = CtcPrefixScorer(self._ctc, self._ctc.log_probs(hidden))
-            hypotheses = joint_beam_search(decoder, len(images), settings, scorer, decoding.ctc_weight)
+            hypotheses = beam_search(decoder, len(images), settings, CtcCandidates(scorer, decoding.ctc_weight, settings, len(images)))
         else:
             hypotheses = beam_search(decoder, len(images), settings)
         texts = self._text.decode([h.tokens for h in hypotheses])

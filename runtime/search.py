@@ -15,7 +15,7 @@ can no longer change, so it costs no further decode steps.
 """
 
 from dataclasses import dataclass
-from typing import Callable, List, Tuple, Union
+from typing import Callable, List, Optional, Protocol, Tuple, Union
 
 import numpy as np
 
@@ -116,21 +116,45 @@ def greedy_search(step: StepFn, n_images: int, settings: SearchSettings) -> List
     return results
 
 
-def beam_search(step: StepFn, n_images: int, settings: SearchSettings) -> List[Hypothesis]:
-    """Return the best beam of each image, as `generate(num_beams=k)` picks it, with its sequence score."""
+class CandidateScorer(Protocol):
+    """Scores the candidates of beam search in place of the decoder's log-probabilities (`htr.ctc`)."""
+
+    def candidates(self, active: np.ndarray, logprobs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Return, for the running beams of images `active` and their decoder log-probabilities
+        `(n_act, beams, vocab)`, the tokens each beam may take `(n_act, beams, k)` and what each adds to
+        the beam's score `(n_act, beams, k)`."""
+
+    def keep(self, active: np.ndarray, chosen: np.ndarray) -> None:
+        """Note the beams that go on: `chosen: (n_act, beams)` indexes each image's candidates (`beam * k + slot`)."""
+
+
+def n_candidates(settings: SearchSettings) -> int:
+    """How many continuations of each image beam search keeps at each step, as transformers does."""
+    return max(2, 1 + len(settings.eos)) * settings.num_beams
+
+
+def beam_search(step: StepFn, n_images: int, settings: SearchSettings, scorer: Optional[CandidateScorer] = None) -> List[Hypothesis]:
+    """Return the best beam of each image, as `generate(num_beams=k)` picks it, with its sequence score.
+
+    With a `scorer`, the candidates and their scores are the scorer's (the rest is the same search);
+    the score returned is still the decoder's own length-normalised log-probability.
+    """
     beams, max_len, penalty = settings.num_beams, settings.max_length, settings.length_penalty
     eos = np.asarray(settings.eos)
-    n_keep = max(2, 1 + eos.size) * beams
+    n_keep = n_candidates(settings)
     top_beams_only = np.arange(n_keep) < beams
+    dtype = np.float32 if scorer is None else np.float64  # float32 sums, as transformers adds them
 
     # Running beams: all start from the decoder start token; only beam 0 counts at first.
     run_seq = np.full((n_images, beams, max_len), settings.pad, dtype=np.int64)
     run_seq[:, :, 0] = settings.decoder_start
-    run_score = np.zeros((n_images, beams), dtype=np.float32)
+    run_score = np.zeros((n_images, beams), dtype=dtype)
     run_score[:, 1:] = _MASK
+    run_dec = np.zeros((n_images, beams), dtype=np.float32)  # the decoder's log-probability alone
     # Finished hypotheses, best first once any exist.
     fin_seq = run_seq.copy()
-    fin_score = np.full((n_images, beams), _MASK, dtype=np.float32)
+    fin_score = np.full((n_images, beams), _MASK, dtype=dtype)
+    fin_dec = np.zeros((n_images, beams), dtype=np.float32)
     fin_done = np.zeros((n_images, beams), dtype=bool)
     fin_len = np.ones((n_images, beams), dtype=np.int64)
 
@@ -150,12 +174,17 @@ def beam_search(step: StepFn, n_images: int, settings: SearchSettings) -> List[H
         logprobs = logprobs.reshape(n_act, 1 if first else beams, vocab)
         if first:
             logprobs = np.repeat(logprobs, beams, axis=1)
-        total = (logprobs + run_score[active][:, :, None]).reshape(n_act, -1)
+        tokens, gains = (None, logprobs) if scorer is None else scorer.candidates(active, logprobs)
+        per_beam = gains.shape[2]
+        total = (gains + run_score[active][:, :, None]).reshape(n_act, -1)
 
         # Best continuations over all beams of each image.
         cand = top_k(total, n_keep)
         cand_score = np.take_along_axis(total, cand, axis=1)
-        cand_beam, cand_token = cand // vocab, cand % vocab
+        image_rows = np.arange(n_act)[:, None]
+        cand_beam = cand // per_beam
+        cand_token = cand % per_beam if tokens is None else tokens.reshape(n_act, -1)[image_rows, cand]
+        cand_dec = run_dec[active[:, None], cand_beam] + logprobs[image_rows, cand_beam, cand_token]
         cand_seq = run_seq[active[:, None], cand_beam]
         cand_seq[:, :, cur_len] = cand_token
         if first:
@@ -169,7 +198,10 @@ def beam_search(step: StepFn, n_images: int, settings: SearchSettings) -> List[H
         nxt = top_k(run_cand, beams)
         run_seq[active] = np.take_along_axis(cand_seq, nxt[:, :, None], axis=1)
         run_score[active] = np.take_along_axis(run_cand, nxt, axis=1)
+        run_dec[active] = np.take_along_axis(cand_dec, nxt, axis=1)
         next_rows = np.take_along_axis(cand_row, nxt, axis=1)
+        if scorer is not None:
+            scorer.keep(active, np.take_along_axis(cand, nxt, axis=1))
 
         # Candidates that stopped among the top `beams` join the finished set if good enough.
         just_done = stops & top_beams_only
@@ -178,6 +210,7 @@ def beam_search(step: StepFn, n_images: int, settings: SearchSettings) -> List[H
         merged_score = np.concatenate([fin_score[active], done_score], axis=1)
         pick = top_k(merged_score, beams)
         fin_score[active] = np.take_along_axis(merged_score, pick, axis=1)
+        fin_dec[active] = np.take_along_axis(np.concatenate([fin_dec[active], cand_dec / _normaliser(cur_len, penalty)], axis=1), pick, axis=1)
         fin_seq[active] = np.take_along_axis(np.concatenate([fin_seq[active], cand_seq], axis=1), pick[:, :, None], axis=1)
         fin_done[active] = np.take_along_axis(np.concatenate([fin_done[active], just_done], axis=1), pick, axis=1)
         lens = np.concatenate([fin_len[active], np.full(cand.shape, cur_len + 1)], axis=1)
@@ -197,7 +230,7 @@ def beam_search(step: StepFn, n_images: int, settings: SearchSettings) -> List[H
             finished |= fin_done[active].all(axis=1)
 
         for i in active[finished]:
-            results[i] = Hypothesis(fin_seq[i, 0, 1 : fin_len[i, 0]].copy(), float(fin_score[i, 0]))
+            results[i] = Hypothesis(fin_seq[i, 0, 1 : fin_len[i, 0]].copy(), float(fin_dec[i, 0]))
         parents = next_rows[~finished].reshape(-1)
         active = active[~finished]
     return results

@@ -202,7 +202,8 @@ def test_joint_search_matches_the_plain_reference(ctc_bundle):
 
 @needs_shared
 def test_joint_search_with_weight_zero_is_generate(ctc_bundle):
-    from htr.ctc import CtcPrefixScorer, joint_beam_search
+    from htr.ctc import CtcCandidates, CtcPrefixScorer
+    from htr.search import beam_search
 
     folder, bundle, head = ctc_bundle
     images = line_images(10, seed=8, size=(20, 200))
@@ -214,7 +215,7 @@ def test_joint_search_with_weight_zero_is_generate(ctc_bundle):
     hidden = recognizer.encode(images)
     scorer = CtcPrefixScorer(recognizer._ctc, recognizer._ctc.log_probs(hidden))
     settings = recognizer._settings(GenerationOptions(num_beams=4, max_length=40)).search
-    ours = joint_beam_search(recognizer._start_decoder(images, hidden), len(images), settings, scorer, 0.0)
+    ours = beam_search(recognizer._start_decoder(images, hidden), len(images), settings, CtcCandidates(scorer, 0.0, settings, len(images)))
     assert [h.tokens.tolist() for h in ours] == expected
     np.testing.assert_allclose([h.score for h in ours], out.sequences_scores.numpy(), rtol=1e-4, atol=1e-5)
 
