@@ -112,10 +112,9 @@ class CtcCandidates:
     def __init__(self, scorer: CtcPrefixScorer, weight: float, settings: SearchSettings, n_images: int):
         head = scorer.head
         self.scorer, self.weight, self.beams, self.k = scorer, weight, settings.num_beams, n_candidates(settings)
-        self.eos = np.asarray(settings.eos)
-        self.unread = np.asarray(sorted(set(head.skip) | {head.blank}), dtype=np.int64)
-        self.vocab = head.vocab
+        self.eos, self.unread, self.vocab = settings.eos, set(head.skip) | {head.blank}, head.vocab
         self.stand_in = next(t for t in range(head.vocab) if t not in self.unread)  # any label the head reads
+        self._kinds = np.zeros(0, dtype=np.int8)  # per decoder token: 0 the head cannot read it, 1 it reads it, 2 eos
         r, psi, last = scorer.initial(np.repeat(np.arange(n_images), self.beams))
         self.r = r.reshape(n_images, self.beams, *r.shape[1:])
         self.psi, self.last = psi.reshape(n_images, self.beams), last.reshape(n_images, self.beams)
@@ -124,8 +123,10 @@ class CtcCandidates:
         n_act, beams, vocab = logprobs.shape
         tokens = top_k(logprobs.reshape(-1, vocab), self.k)  # (rows, k)
         decoder = np.take_along_axis(logprobs.reshape(-1, vocab), tokens, axis=1).astype(np.float64)
-        ends = np.isin(tokens, self.eos)
-        self._read = ~ends & ~np.isin(tokens, self.unread) & (tokens < self.vocab)
+        if self._kinds.size != vocab:
+            self._kinds = np.array([2 if t in self.eos else int(t < self.vocab and t not in self.unread) for t in range(vocab)], dtype=np.int8)
+        kinds = self._kinds[tokens]
+        ends, self._read = kinds == 2, kinds == 1
         self._tokens, self._images = tokens, np.repeat(active, beams)
         self._r, self._last = self.r[active].reshape(-1, *self.r.shape[2:]), self.last[active].reshape(-1)
         psi = self.psi[active].reshape(-1)
