@@ -87,11 +87,12 @@ def verify_bundle(checkpoint: Checkpoint, bundle_dir: Path, images: Sequence, lo
     """Run the bundle and the PyTorch model on the same images; return a report with `ok` set.
 
     The bundle passes when its tokens are identical to `generate` with the bundle's default
-    settings (without the CTC head, which `generate` does not have) and, where it has a CTC head,
-    its CTC log-probabilities match PyTorch's within `CTC_TOLERANCE`. Where tokens differ, both are run teacher-forced along PyTorch's tokens: if their
-    log-probabilities agree within `PATH_TOLERANCE` the graphs are faithful and the difference is a
-    near-tie that float noise decided (common in untrained, random-weight models); it is reported
-    as such and does not fail the check.
+    settings (without the CTC head, which `generate` does not have) and, where both have a CTC
+    head, its CTC log-probabilities match PyTorch's within `CTC_TOLERANCE`. Where tokens differ,
+    both are run teacher-forced along PyTorch's tokens: if their log-probabilities agree within
+    `PATH_TOLERANCE` the graphs are faithful and the difference is a near-tie that float noise
+    decided (common in untrained, random-weight models); it is reported as such and does not fail
+    the check.
     """
     import torch
 
@@ -109,7 +110,8 @@ def verify_bundle(checkpoint: Checkpoint, bundle_dir: Path, images: Sequence, lo
     ours_hidden = recognizer.encode(rgb)
     encoder_diff = float(np.abs(ours_hidden - hidden).max())
     ctc_diff = 0.0
-    if recognizer.has_ctc_head:
+    compare_ctc = recognizer.has_ctc_head and checkpoint.ctc_head is not None
+    if compare_ctc:
         ctc_diff = float(np.abs(recognizer._ctc.log_probs(ours_hidden) - ctc_log_probs(checkpoint, hidden_t)).max())
     same = [list(rec.tokens) == ref and rec.text == text for rec, ref, text in zip(ours, theirs, texts)]
     path_diff = [0.0] * len(rgb)
@@ -125,7 +127,7 @@ def verify_bundle(checkpoint: Checkpoint, bundle_dir: Path, images: Sequence, lo
         "settings": {k: manifest["generation"][k] for k in ("num_beams", "max_length")},
         "ok": sum(same) + near_ties == len(rgb) and encoder_diff <= 1e-3 and ctc_diff <= CTC_TOLERANCE,
     }
-    if recognizer.has_ctc_head:
+    if compare_ctc:
         report["ctc_max_abs_diff"] = ctc_diff
     log(f"verification against PyTorch generate (beams {report['settings']['num_beams']}, max_length {report['settings']['max_length']}):")
     for i, (rec, ref, text) in enumerate(zip(ours, theirs, texts)):
@@ -133,7 +135,7 @@ def verify_bundle(checkpoint: Checkpoint, bundle_dir: Path, images: Sequence, lo
         extra = "" if same[i] else f"  (log-probs along PyTorch's tokens differ by {path_diff[i]:.1e})"
         log(f"  image {i}: {mark:9} {len(ref):3} tokens  htr={rec.text[:40]!r}  torch={text[:40]!r}{extra}")
     log(f"  {sum(same)}/{len(rgb)} identical, {near_ties} near-ties; encoder states max |diff| {encoder_diff:.2e}"
-        + (f"; CTC log-probs max |diff| {ctc_diff:.2e}" if recognizer.has_ctc_head else ""))
+        + (f"; CTC log-probs max |diff| {ctc_diff:.2e}" if compare_ctc else ""))
     return report
 
 
