@@ -150,7 +150,7 @@ def beam_search(step: StepFn, n_images: int, settings: SearchSettings, scorer: O
     run_seq[:, :, 0] = settings.decoder_start
     run_score = np.zeros((n_images, beams), dtype=dtype)
     run_score[:, 1:] = _MASK
-    run_dec = np.zeros((n_images, beams), dtype=np.float32)  # the decoder's log-probability alone
+    run_dec = np.zeros((n_images, beams), dtype=np.float32)  # with a scorer: the decoder's log-probability alone
     # Finished hypotheses, best first once any exist.
     fin_seq = run_seq.copy()
     fin_score = np.full((n_images, beams), _MASK, dtype=dtype)
@@ -183,8 +183,11 @@ def beam_search(step: StepFn, n_images: int, settings: SearchSettings, scorer: O
         cand_score = np.take_along_axis(total, cand, axis=1)
         image_rows = np.arange(n_act)[:, None]
         cand_beam = cand // per_beam
-        cand_token = cand % per_beam if tokens is None else tokens.reshape(n_act, -1)[image_rows, cand]
-        cand_dec = run_dec[active[:, None], cand_beam] + logprobs[image_rows, cand_beam, cand_token]
+        if scorer is None:
+            cand_token = cand % per_beam
+        else:
+            cand_token = tokens.reshape(n_act, -1)[image_rows, cand]
+            cand_dec = run_dec[active[:, None], cand_beam] + logprobs[image_rows, cand_beam, cand_token]
         cand_seq = run_seq[active[:, None], cand_beam]
         cand_seq[:, :, cur_len] = cand_token
         if first:
@@ -198,9 +201,9 @@ def beam_search(step: StepFn, n_images: int, settings: SearchSettings, scorer: O
         nxt = top_k(run_cand, beams)
         run_seq[active] = np.take_along_axis(cand_seq, nxt[:, :, None], axis=1)
         run_score[active] = np.take_along_axis(run_cand, nxt, axis=1)
-        run_dec[active] = np.take_along_axis(cand_dec, nxt, axis=1)
         next_rows = np.take_along_axis(cand_row, nxt, axis=1)
         if scorer is not None:
+            run_dec[active] = np.take_along_axis(cand_dec, nxt, axis=1)
             scorer.keep(active, np.take_along_axis(cand, nxt, axis=1))
 
         # Candidates that stopped among the top `beams` join the finished set if good enough.
@@ -210,7 +213,8 @@ def beam_search(step: StepFn, n_images: int, settings: SearchSettings, scorer: O
         merged_score = np.concatenate([fin_score[active], done_score], axis=1)
         pick = top_k(merged_score, beams)
         fin_score[active] = np.take_along_axis(merged_score, pick, axis=1)
-        fin_dec[active] = np.take_along_axis(np.concatenate([fin_dec[active], cand_dec / _normaliser(cur_len, penalty)], axis=1), pick, axis=1)
+        if scorer is not None:
+            fin_dec[active] = np.take_along_axis(np.concatenate([fin_dec[active], cand_dec / _normaliser(cur_len, penalty)], axis=1), pick, axis=1)
         fin_seq[active] = np.take_along_axis(np.concatenate([fin_seq[active], cand_seq], axis=1), pick[:, :, None], axis=1)
         fin_done[active] = np.take_along_axis(np.concatenate([fin_done[active], just_done], axis=1), pick, axis=1)
         lens = np.concatenate([fin_len[active], np.full(cand.shape, cur_len + 1)], axis=1)
@@ -230,7 +234,7 @@ def beam_search(step: StepFn, n_images: int, settings: SearchSettings, scorer: O
             finished |= fin_done[active].all(axis=1)
 
         for i in active[finished]:
-            results[i] = Hypothesis(fin_seq[i, 0, 1 : fin_len[i, 0]].copy(), float(fin_dec[i, 0]))
+            results[i] = Hypothesis(fin_seq[i, 0, 1 : fin_len[i, 0]].copy(), float((fin_score if scorer is None else fin_dec)[i, 0]))
         parents = next_rows[~finished].reshape(-1)
         active = active[~finished]
     return results

@@ -74,7 +74,7 @@ def test_whole_sequence_scores_match_torch_ctc_loss():
 
 @pytest.fixture(scope="module")
 def ctc_bundle(tmp_path_factory):
-    """A tiny checkpoint with a random, decisive CTC head beside it, and its bundle; returns (folder, bundle, head)."""
+    """A tiny checkpoint with a random, decisive CTC head beside it, and its bundle; returns (folder, bundle)."""
     if not TROCR.is_dir():
         pytest.skip(f"needs the shared TrOCR tokenizers at {TROCR} (absent on a fresh clone)")
     from safetensors.torch import save_file
@@ -93,7 +93,7 @@ def ctc_bundle(tmp_path_factory):
         holder.ctc_head.bias[1 :: CTC_VARIANT.vocab] += 60.0  # more blanks (pad, 1): some lines end before max_length
     save_file({k: v.contiguous() for k, v in holder.ctc_head.state_dict().items()}, str(folder / CTC_HEAD_FILE))
     export_bundle(load_checkpoint(str(folder)), root / "bundle", log=lambda m: None, ctc_weight=WEIGHT)
-    return folder, root / "bundle", holder.ctc_head
+    return folder, root / "bundle"
 
 
 def reference_joint_search(model, pixels, log_probs, special, weight, beams=4, max_length=40, eos=2, blank=1):
@@ -169,27 +169,25 @@ def reference_joint_search(model, pixels, log_probs, special, weight, beams=4, m
     return results
 
 
-def bundle_inputs(folder, head, images):
-    """PyTorch's model, pixels and CTC log-probabilities (head weights rounded to float16, as the bundle holds them)."""
-    from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+def bundle_inputs(folder, images):
+    """PyTorch's model, pixels and CTC log-probabilities (as htr-export's verification computes them, the head's
+    weights rounded to float16 as the bundle holds them) and the special token ids."""
+    from htr.export.bundle import load_checkpoint
+    from htr.export.verify import ctc_log_probs
 
-    from htr.train.trainer import ctc_log_probs
-
-    model = VisionEncoderDecoderModel.from_pretrained(folder).eval()
-    pixels = AutoImageProcessor.from_pretrained(folder)(images=[load_image(i) for i in images], return_tensors="pt").pixel_values
-    rounded = torch.nn.Linear(head.in_features, head.out_features)
-    rounded.grid = head.grid
+    checkpoint = load_checkpoint(str(folder))
+    model = checkpoint.model
+    pixels = checkpoint.image_processor(images=[load_image(i) for i in images], return_tensors="pt").pixel_values
     with torch.no_grad():
-        rounded.load_state_dict({k: v.half().float() for k, v in head.state_dict().items()})
-        log_probs = ctc_log_probs(rounded, model.encoder(pixel_values=pixels).last_hidden_state).numpy().astype(np.float64)
-    return model, pixels, log_probs, set(AutoTokenizer.from_pretrained(folder).all_special_ids)
+        hidden = model.encoder(pixel_values=pixels).last_hidden_state
+    return model, pixels, ctc_log_probs(checkpoint, hidden).astype(np.float64), set(checkpoint.tokenizer.all_special_ids)
 
 
 @needs_shared
 def test_joint_search_matches_the_plain_reference(ctc_bundle):
-    folder, bundle, head = ctc_bundle
+    folder, bundle = ctc_bundle
     images = line_images(8, seed=8, size=(20, 200))
-    model, pixels, log_probs, special = bundle_inputs(folder, head, images)
+    model, pixels, log_probs, special = bundle_inputs(folder, images)
     expected = reference_joint_search(model, pixels, log_probs, special, WEIGHT, max_length=16)
     recognizer = Recognizer(bundle)
     ours = recognizer.recognize(images, options=GenerationOptions(num_beams=4, max_length=16))
@@ -205,9 +203,9 @@ def test_joint_search_with_weight_zero_is_generate(ctc_bundle):
     from htr.ctc import CtcCandidates, CtcPrefixScorer
     from htr.search import beam_search
 
-    folder, bundle, head = ctc_bundle
+    folder, bundle = ctc_bundle
     images = line_images(10, seed=8, size=(20, 200))
-    model, pixels, _, _ = bundle_inputs(folder, head, images)
+    model, pixels, _, _ = bundle_inputs(folder, images)
     with torch.no_grad():
         out = model.generate(pixels, num_beams=4, max_length=40, do_sample=False, output_scores=True, return_dict_in_generate=True)
     expected = [row[: row.index(2) + 1] if 2 in row else row for row in (full[1:] for full in out.sequences.tolist())]
@@ -225,7 +223,7 @@ def test_export_records_and_verifies_the_head(ctc_bundle):
     from htr.export.bundle import load_checkpoint
     from htr.export.verify import CTC_TOLERANCE, sample_lines, verify_bundle
 
-    folder, bundle, head = ctc_bundle
+    folder, bundle = ctc_bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["ctc"]["weight"] == WEIGHT and manifest["ctc"]["blank"] == 1
     assert manifest["ctc"]["outputs"][0]["shape"][1:] == [64, CTC_VARIANT.vocab]  # 32 patch columns, 2 steps each
