@@ -79,7 +79,7 @@ def _side_path(target: Path, source: str, suffix: str, many: bool) -> Path:
 def _check_options(recognizer, options, program: str) -> None:
     """Exit with a usage error when `options` do not suit this bundle (say, a CTC weight and no CTC head)."""
     try:
-        recognizer.recognize([], options=options)
+        recognizer.check_options(options)
     except OptionsError as e:
         click.echo(f"{program}: {e}", err=True)
         sys.exit(EXIT_USAGE)

@@ -222,6 +222,11 @@ class Recognizer:
         )
         return _Decoding(search, float(merged.ctc_weight))
 
+    def check_options(self, options: GenerationOptions) -> None:
+        """Raise `OptionsError` naming what is wrong when `options` do not suit this bundle (say, a CTC
+        weight and no CTC head), before any image is read."""
+        self._settings(options)
+
     @property
     def has_ctc_head(self) -> bool:
         """Whether the bundle carries a CTC head, for `GenerationOptions.ctc_weight`."""

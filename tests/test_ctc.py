@@ -250,6 +250,9 @@ def test_ctc_weight_needs_a_head(exported):
     _, bundle = exported("vit-roberta")
     recognizer = Recognizer(bundle)
     assert not recognizer.has_ctc_head
+    recognizer.check_options(GenerationOptions(ctc_weight=0.0))
+    with pytest.raises(OptionsError, match="has no CTC head"):
+        recognizer.check_options(GenerationOptions(ctc_weight=0.3))
     with pytest.raises(OptionsError, match="has no CTC head"):
         recognizer.recognize(line_images(1), options=GenerationOptions(ctc_weight=0.3))
 
