@@ -302,10 +302,12 @@ def write_manifest(out_dir: Path, manifest: dict) -> None:
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
-def export_bundle(checkpoint: Checkpoint, out_dir: Path, log: Callable[[str], None] = print, ctc_weight: float = DEFAULT_CTC_WEIGHT) -> dict:
+def export_bundle(checkpoint: Checkpoint, out_dir: Path, log: Callable[[str], None] = print, ctc_weight: float = DEFAULT_CTC_WEIGHT,
+                  views: int = 1) -> dict:
     """Write the bundle of a loaded checkpoint into `out_dir` (created, must be empty); return its manifest.
 
     A checkpoint with a CTC head takes it along, with `ctc_weight` as the runtime's default weight.
+    `views` is how many shifted copies of each line the runtime reads by default (`htr.GenerationOptions.views`).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -317,6 +319,7 @@ def export_bundle(checkpoint: Checkpoint, out_dir: Path, log: Callable[[str], No
         "special_tokens": special_tokens_spec(checkpoint.model),
         "preprocessing": preprocessing_spec(checkpoint.image_processor),
         "generation": generation_spec(checkpoint.model),
+        "views": {"count": int(views), "patch_width": int(image_and_patch_size(checkpoint.model.config.encoder)[1][1])},
         "precision": "fp32",
         "versions": _versions(),
     }

@@ -45,8 +45,11 @@ def default_calibration() -> Path:
               help="Where MODEL is a folder with htr-train's CTC head (ctc_head.safetensors), the bundle takes it along and the runtime "
                    "weighs its reading in beam search with this weight by default; 0 keeps generate's search (htr-run --ctc-weight "
                    "changes it at run time).")
+@click.option("--views", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Shifted copies of each line the runtime reads by default and averages (htr-run --views); more read better "
+                   "and cost that many times the work. 1: as the model reads it, as transformers' generate does.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
-def main(model, out_dir, int8, quantize, calibration, calibration_method, activations, eval_data, eval_lines, max_cer_increase, keep_anyway, verify_count, verify_images, ctc_weight, force):
+def main(model, out_dir, int8, quantize, calibration, calibration_method, activations, eval_data, eval_lines, max_cer_increase, keep_anyway, verify_count, verify_images, ctc_weight, views, force):
     """Export MODEL (a hub id such as microsoft/trocr-base-handwritten, or a save_pretrained folder) to OUT_DIR.
 
     Writes encoder.onnx, cross_attention.onnx, decoder.onnx, tokenizer.json and manifest.json;
@@ -73,7 +76,7 @@ def main(model, out_dir, int8, quantize, calibration, calibration_method, activa
             fp32_dir = Path(work) / "fp32" if mode else out_dir
             if fp32_dir.exists():
                 shutil.rmtree(fp32_dir)
-            manifest = export_bundle(checkpoint, fp32_dir, log=log, ctc_weight=ctc_weight)
+            manifest = export_bundle(checkpoint, fp32_dir, log=log, ctc_weight=ctc_weight, views=views)
             size = sum(f["bytes"] for f in manifest["files"].values())
             log(f"wrote fp32 graphs ({size / 1e6:.1f} MB, {manifest['architecture']['parameters'] / 1e6:.1f}M parameters)")
             if verify_count:

@@ -69,13 +69,13 @@ class _Recorder:
 
 def record_inputs(bundle_dir: Path, images: Sequence, settings: QuantizeSettings, log: Callable[[str], None]) -> Dict[str, List[Dict[str, np.ndarray]]]:
     """Run the fp32 bundle over `images` (greedy) and return a sample of each graph's real inputs."""
-    from htr import Recognizer
+    from htr import GenerationOptions, Recognizer
 
     recognizer = Recognizer(bundle_dir)
     recorders = {name: _Recorder(session, settings.max_steps, settings.budget_bytes, seed=i) for i, (name, session) in enumerate(recognizer._sessions.items())}
     recognizer._sessions = recorders
     for start in range(0, len(images), 8):
-        recognizer.recognize(images[start : start + 8], beams=1, batch_size=8)
+        recognizer.recognize(images[start : start + 8], beams=1, batch_size=8, options=GenerationOptions(views=1))
     for name, recorder in recorders.items():
         log(f"  {name}: {recorder.seen} runs recorded, {len(recorder.kept)} kept for calibration")
     return {name: recorder.kept for name, recorder in recorders.items()}

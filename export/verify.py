@@ -87,7 +87,7 @@ def verify_bundle(checkpoint: Checkpoint, bundle_dir: Path, images: Sequence, lo
     """Run the bundle and the PyTorch model on the same images; return a report with `ok` set.
 
     The bundle passes when its tokens are identical to `generate` with the bundle's default
-    settings (without the CTC head, which `generate` does not have) and, where both have a CTC
+    settings (one view and no CTC head, which `generate` does not have) and, where both have a CTC
     head, its CTC log-probabilities match PyTorch's within `CTC_TOLERANCE`. Where tokens differ,
     both are run teacher-forced along PyTorch's tokens: if their log-probabilities agree within
     `PATH_TOLERANCE` the graphs are faithful and the difference is a near-tie that float noise
@@ -99,7 +99,7 @@ def verify_bundle(checkpoint: Checkpoint, bundle_dir: Path, images: Sequence, lo
     recognizer = Recognizer(bundle_dir)
     manifest = recognizer.manifest.raw
     rgb = [load_image(image) for image in images]
-    ours = recognizer.recognize(rgb, batch_size=len(rgb), options=GenerationOptions(ctc_weight=0.0))
+    ours = recognizer.recognize(rgb, batch_size=len(rgb), options=GenerationOptions(ctc_weight=0.0, views=1))
     pixels = checkpoint.image_processor(images=rgb, return_tensors="pt").pixel_values
     with torch.no_grad():
         out = checkpoint.model.generate(pixels, **generate_kwargs(manifest["generation"]), return_dict_in_generate=True)

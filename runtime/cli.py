@@ -133,6 +133,8 @@ def _write_extras(path: str, image, result, page_xml: Optional[Path], overlay: O
 
 CTC_WEIGHT_HELP = ("Weight of the bundle's CTC head in beam search (0 to 1; 0: exactly transformers' generate). "
                    "Default: the bundle's (0 where it has no CTC head).")
+VIEWS_HELP = ("Read each line as N copies shifted by 1/N of an encoder patch column and average their readings: "
+              "reads better, at N times the work (1: as the model reads it, exactly transformers' generate). Default: the bundle's.")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -142,6 +144,7 @@ CTC_WEIGHT_HELP = ("Weight of the bundle's CTC head in beam search (0 to 1; 0: e
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images decoded together.")
 @click.option("--max-length", type=click.IntRange(min=2), help="Most tokens per line, the start token included. Default: the bundle's.")
 @click.option("--ctc-weight", type=click.FloatRange(0.0, 1.0), help=CTC_WEIGHT_HELP)
+@click.option("--views", type=click.IntRange(min=1), metavar="N", help=VIEWS_HELP)
 @click.option("--format", "fmt", type=click.Choice(["text", "tsv", "jsonl", "json"]), default="text", show_default=True,
               help="text: the text (a page's lines in order); tsv: path, text, score per line; jsonl: one object per image (pages: lines with box, polygon, text, score); json: those objects as one array.")
 @click.option("--layout", type=click.Choice(["auto", "line", "page"]), default="auto", show_default=True,
@@ -150,7 +153,7 @@ CTC_WEIGHT_HELP = ("Weight of the bundle's CTC head in beam search (0 to 1; 0: e
 @click.option("--overlay", type=click.Path(path_type=Path), help="Also draw the line boxes and text on the image: a PNG file for one image, else a folder of <name>.overlay.png.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX Runtime provider; cuda needs onnxruntime-gpu.")
 @click.option("--threads", type=click.IntRange(min=1), envvar="HTR_THREADS", help="Threads per ONNX Runtime session [env: HTR_THREADS]. Default: ONNX Runtime's choice.")
-def main(inputs, model, beams, batch_size, max_length, ctc_weight, fmt, layout, page_xml, overlay, provider, threads):
+def main(inputs, model, beams, batch_size, max_length, ctc_weight, views, fmt, layout, page_xml, overlay, provider, threads):
     """Read handwritten text lines or whole pages from IMAGE files, folders (searched recursively) or glob patterns.
 
     Results go to stdout in input order; problems with single images go to stderr, one line each,
@@ -168,7 +171,7 @@ def main(inputs, model, beams, batch_size, max_length, ctc_weight, fmt, layout, 
     except HtrError as e:
         click.echo(f"htr-run: {e}", err=True)
         sys.exit(EXIT_BUNDLE)
-    options = GenerationOptions(ctc_weight=ctc_weight)
+    options = GenerationOptions(ctc_weight=ctc_weight, views=views)
     _check_options(recognizer, options, "htr-run")
 
     items = list(expand_inputs(inputs))
@@ -210,12 +213,13 @@ def main(inputs, model, beams, batch_size, max_length, ctc_weight, fmt, layout, 
 @click.argument("paths", nargs=-1, required=True, metavar="[BUNDLE...] DATA")
 @click.option("--beams", type=click.IntRange(min=1), help="Beam width. Default: each bundle's own.")
 @click.option("--ctc-weight", type=click.FloatRange(0.0, 1.0), help=CTC_WEIGHT_HELP)
+@click.option("--views", type=click.IntRange(min=1), metavar="N", help=VIEWS_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), envvar="HTR_THREADS", help="Threads per ONNX Runtime session [env: HTR_THREADS].")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N lines.")
 @click.option("--jsonl", "jsonl_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write one JSON row per line: path, reference, and each bundle's text and CER.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Summary on stdout as a table or as one JSON object.")
-def eval_main(paths, beams, ctc_weight, batch_size, threads, limit, jsonl_path, fmt):
+def eval_main(paths, beams, ctc_weight, views, batch_size, threads, limit, jsonl_path, fmt):
     """Measure CER and WER of one or more BUNDLEs on DATA (a folder with labels.tsv, or the labels.tsv file).
 
     Without a BUNDLE it measures the bundle shipped with htr. With two bundles (say fp32 and int8)
@@ -227,7 +231,7 @@ def eval_main(paths, beams, ctc_weight, batch_size, threads, limit, jsonl_path, 
     from .evaluate import agreement, cer_difference_interval, character_error_rate, evaluate, read_labels
     from .recognizer import GenerationOptions, Recognizer
 
-    options = GenerationOptions(ctc_weight=ctc_weight)
+    options = GenerationOptions(ctc_weight=ctc_weight, views=views)
     bundles, data = [Path(p) for p in paths[:-1]], Path(paths[-1])
     if not bundles:
         shipped = default_bundle()

@@ -1,8 +1,9 @@
 """Reading images and turning them into `pixel_values` exactly as the model's image processor does."""
 
+import math
 import warnings
 from pathlib import Path
-from typing import Sequence, Union
+from typing import List, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -97,6 +98,25 @@ def load_image(image: ImageInput) -> Image.Image:
         raise ImageError(f"{name}: refused, too many pixels ({e})") from e
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name}: cannot be decoded ({e})") from e
+
+
+def shifted_views(image: Image.Image, count: int, shift: float, spec: Preprocessing) -> List[Image.Image]:
+    """Return `count` views of an RGB image for the model: the image itself, then copies moved right by
+    `v / count * shift` of its width (v = 1 ... count - 1), already resized to the model's input size.
+
+    The move is by a fraction of a pixel as much as by whole ones: the image's left edge column (the
+    paper, in a cropped line) is repeated and the resize reads from a point that far left of the
+    image, so a narrow line moves as far, in the model's pixels, as a wide one. `shift` = patch
+    width / model width moves the content by about one encoder patch column.
+    """
+    views = [image]
+    for v in range(1, count):
+        move = v / count * shift * image.width  # source pixels
+        margin = math.ceil(move) + 1
+        padded = Image.fromarray(np.pad(np.asarray(image), ((0, 0), (margin, 0), (0, 0)), mode="edge"))
+        box = (margin - move, 0.0, float(padded.width), float(padded.height))
+        views.append(padded.resize((spec.width, spec.height), resample=_RESAMPLE[spec.resample], box=box))
+    return views
 
 
 def preprocess(images: Sequence[Image.Image], spec: Preprocessing) -> np.ndarray:

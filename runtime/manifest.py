@@ -97,6 +97,15 @@ class CtcSpec:
 
 
 @dataclass(frozen=True)
+class ViewSpec:
+    """How many shifted views of each line the runtime reads by default, and the encoder's patch width in model
+    pixels that the shifts divide (None in bundles exported before views existed: only 1 view then)."""
+
+    count: int = 1
+    patch_width: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A parsed, checked `manifest.json`; `raw` keeps the whole document for reporting."""
 
@@ -113,6 +122,7 @@ class Manifest:
     generation: GenerationDefaults
     raw: Dict[str, Any]
     ctc: Optional[CtcSpec] = None  # None: the bundle has no CTC head
+    views: ViewSpec = ViewSpec()
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -255,6 +265,15 @@ def load_manifest(bundle_dir: Union[str, Path], verify_files: bool = True) -> Ma
         if not 0.0 <= ctc.weight <= 1.0:
             raise BundleError(f"{where}: ctc.weight is {ctc.weight}, expected a number from 0 to 1")
 
+    views = ViewSpec()
+    if "views" in raw:
+        node = r.get(raw, "views", dict, "")
+        views = ViewSpec(r.get(node, "count", int, "views."), r.get(node, "patch_width", int, "views."))
+        if views.count < 1:
+            raise BundleError(f"{where}: views.count is {views.count}, expected 1 or more")
+        if not 1 <= views.patch_width <= r.get(pre, "width", int, "preprocessing."):
+            raise BundleError(f"{where}: views.patch_width is {views.patch_width}, expected from 1 to the model's input width")
+
     self_cache = r.links(cache, "self", "decoder_cache.")
     cross_cache = r.links(cache, "cross", "decoder_cache.")
     _check_cache_links(where, graphs, self_cache, cross_cache)
@@ -294,4 +313,5 @@ def load_manifest(bundle_dir: Union[str, Path], verify_files: bool = True) -> Ma
         ),
         raw=raw,
         ctc=ctc,
+        views=views,
     )

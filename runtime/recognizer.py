@@ -9,9 +9,9 @@ import onnxruntime as ort
 
 from .ctc import CtcCandidates, CtcHead, CtcPrefixScorer
 from .errors import BundleError, BundleNotFoundError, OptionsError
-from .images import ImageInput, load_image, preprocess
+from .images import ImageInput, load_image, preprocess, shifted_views
 from .manifest import GraphSpec, Manifest, default_bundle, load_manifest
-from .search import SearchSettings, beam_search, greedy_search
+from .search import SearchSettings, beam_search, greedy_search, log_softmax
 from .text import TextDecoder
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
@@ -62,6 +62,12 @@ class GenerationOptions:
     `max_new_tokens` counts generated tokens only and wins over `max_length`. `ctc_weight` is not a
     transformers setting: with 2 or more beams and a bundle that has a CTC head, the beam search
     weighs the head's reading with it (`htr.ctc`); 0 gives exactly `generate`'s result.
+
+    `views` is not a transformers setting either: each line is read as that many copies, the v-th
+    moved right by v/views of an encoder patch column (`htr.images.shifted_views`), and the search
+    takes the mean of their log-probabilities at each step, decoder and CTC head alike. Where a
+    letter falls across the patch grid then matters less, at `views` times the work; 1 reads the
+    line as the model does, as `generate` does.
     """
 
     num_beams: Optional[int] = None
@@ -72,14 +78,16 @@ class GenerationOptions:
     early_stopping: Optional[Union[bool, str]] = None
     no_repeat_ngram_size: Optional[int] = None
     ctc_weight: Optional[float] = None
+    views: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class _Decoding:
-    """Resolved settings: the search's, and the CTC weight (0: none)."""
+    """Resolved settings: the search's, the CTC weight (0: none) and the number of views."""
 
     search: SearchSettings
     ctc_weight: float
+    views: int
 
 
 def _check_graph(session: ort.InferenceSession, spec: GraphSpec, path: Path) -> None:
@@ -144,6 +152,20 @@ class _CachedDecoder:
         return outputs[self._outputs[0]][:, -1, :]
 
 
+class _ViewMean:
+    """A decoder step over `views` copies of each image: row r of the search runs as decoder rows
+    r * views ... r * views + views - 1, and the step returns the mean of their log-probabilities."""
+
+    def __init__(self, decoder: _CachedDecoder, views: int):
+        self._decoder, self._views = decoder, views
+        self._offsets = np.arange(views)
+
+    def __call__(self, tokens: np.ndarray, parents: np.ndarray) -> np.ndarray:
+        rows = (parents[:, None] * self._views + self._offsets).reshape(-1)
+        logprobs = log_softmax(self._decoder(np.repeat(tokens, self._views, axis=0), rows))
+        return logprobs.reshape(tokens.shape[0], self._views, -1).mean(axis=1)
+
+
 class Recognizer:
     """Reads handwritten text lines with an htr bundle, torch-free.
 
@@ -189,6 +211,7 @@ class Recognizer:
             early_stopping=gen.early_stopping,
             no_repeat_ngram_size=gen.no_repeat_ngram_size,
             ctc_weight=ctc.weight if ctc is not None else 0.0,
+            views=self.manifest.views.count,
         )
 
     def _settings(self, options: GenerationOptions) -> _Decoding:
@@ -205,6 +228,10 @@ class Recognizer:
             (0.0 <= merged.ctc_weight <= 1.0, f"ctc_weight must be from 0 to 1, got {merged.ctc_weight}"),
             (merged.ctc_weight == 0.0 or self._ctc is not None,
              f"ctc_weight {merged.ctc_weight} asked for, but the bundle {self.manifest.root} has no CTC head: use ctc_weight 0"),
+            (merged.views >= 1, f"views must be at least 1, got {merged.views}"),
+            (merged.views == 1 or self.manifest.views.patch_width is not None,
+             f"views {merged.views} asked for, but the bundle {self.manifest.root} does not record its encoder's patch width: "
+             "use views 1, or export the bundle again with this htr-export"),
         )
         for ok, message in checks:
             if not ok:
@@ -220,7 +247,7 @@ class Recognizer:
             eos=tokens.eos,
             pad=tokens.pad,
         )
-        return _Decoding(search, float(merged.ctc_weight))
+        return _Decoding(search, float(merged.ctc_weight), int(merged.views))
 
     def check_options(self, options: GenerationOptions) -> None:
         """Raise `OptionsError` naming what is wrong when `options` do not suit this bundle (say, a CTC
@@ -232,8 +259,13 @@ class Recognizer:
         """Whether the bundle carries a CTC head, for `GenerationOptions.ctc_weight`."""
         return self._ctc is not None
 
-    def _encode_pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
-        pixels = preprocess([load_image(image) for image in images], self.manifest.preprocessing)
+    def _encode_pixels(self, images: Sequence[ImageInput], views: int = 1) -> np.ndarray:
+        """Return the encoder states of the images, `views` rows per image (`GenerationOptions.views`)."""
+        loaded = [load_image(image) for image in images]
+        if views > 1:
+            shift = self.manifest.views.patch_width / self.manifest.preprocessing.width
+            loaded = [view for image in loaded for view in shifted_views(image, views, shift, self.manifest.preprocessing)]
+        pixels = preprocess(loaded, self.manifest.preprocessing)
         spec = self.manifest.graphs["encoder"]
         pixels = pixels.astype(spec.inputs[0].dtype, copy=False)
         return self._sessions["encoder"].run([spec.outputs[0].name], {spec.inputs[0].name: pixels})[0]
@@ -292,22 +324,28 @@ class Recognizer:
         return Page(picture.width, picture.height, layout.skew, lines)
 
     def _start_decoder(self, images: Sequence[ImageInput], hidden: Optional[np.ndarray] = None) -> _CachedDecoder:
-        """Return a decoder step function for these images, their encoder (unless `hidden` is given) and cross-attention work done."""
+        """Return a decoder step function for these images (one row per row of `hidden`, where given), their encoder
+        and cross-attention work done."""
         if hidden is None:
             hidden = self._encode_pixels(images)
         spec = self.manifest.graphs["cross_attention"]
         outputs = spec.output_names()
         cross = dict(zip(outputs, self._sessions["cross_attention"].run(list(outputs), {spec.inputs[0].name: hidden})))
-        return _CachedDecoder(self._sessions["decoder"], self.manifest, cross, len(images))
+        return _CachedDecoder(self._sessions["decoder"], self.manifest, cross, hidden.shape[0])
 
     def _recognize_batch(self, images: Sequence[ImageInput], decoding: _Decoding) -> List[Recognition]:
-        settings = decoding.search
-        hidden = self._encode_pixels(images)
+        settings, views = decoding.search, decoding.views
+        hidden = self._encode_pixels(images, views)
         decoder = self._start_decoder(images, hidden)
+        if views > 1:
+            decoder = _ViewMean(decoder, views)
         if settings.num_beams == 1:
             hypotheses = greedy_search(decoder, len(images), settings)
         elif decoding.ctc_weight > 0.0:
-            scorer = CtcPrefixScorer(self._ctc, self._ctc.log_probs(hidden))
+            ctc = self._ctc.log_probs(hidden)
+            if views > 1:
+                ctc = log_softmax(ctc.reshape(len(images), views, *ctc.shape[1:]).mean(axis=1))
+            scorer = CtcPrefixScorer(self._ctc, ctc)
             hypotheses = beam_search(decoder, len(images), settings, CtcCandidates(scorer, decoding.ctc_weight, settings, len(images)))
         else:
             hypotheses = beam_search(decoder, len(images), settings)

@@ -144,8 +144,9 @@ def _rename_input(manifest):
         (_edit_manifest(_rename_input), "expected but not found: decoder_input_ids"),
         (_edit_manifest(lambda m: m["preprocessing"].pop("mean")), "missing key 'preprocessing.mean'"),
         (lambda f: (f / "manifest.json").write_text("{"), "cannot be read as JSON"),
+        (_edit_manifest(lambda m: m["views"].update(count=0)), "views.count is 0, expected 1 or more"),
     ],
-    ids=["missing-graph", "no-manifest", "encoder-sha", "tokenizer-sha", "schema", "graph-io", "manifest-key", "manifest-json"],
+    ids=["missing-graph", "no-manifest", "encoder-sha", "tokenizer-sha", "schema", "graph-io", "manifest-key", "manifest-json", "views"],
 )
 def test_damaged_bundle_gets_one_clear_message(bundle, images, tmp_path, damage, message):
     copy = damaged_copy(bundle, tmp_path, damage)
@@ -165,6 +166,15 @@ def test_help_and_bad_options(bundle, images):
     assert run(images[1][0], "--model", bundle, "--beams", "0").exit_code == EXIT_USAGE
     assert run(images[1][0], "--model", bundle, "--format", "xml").exit_code == EXIT_USAGE
     assert run(images[1][0], "--model", bundle, "--ctc-weight", "1.5").exit_code == EXIT_USAGE
+    assert run(images[1][0], "--model", bundle, "--views", "0").exit_code == EXIT_USAGE
+
+
+def test_views_on_a_bundle_that_does_not_record_its_patch_width(bundle, images, tmp_path):
+    assert run(images[1][0], "--model", bundle, "--views", "2").exit_code == 0
+    old = damaged_copy(bundle, tmp_path, _edit_manifest(lambda m: m.pop("views")))  # as bundles exported before views were
+    result = run(images[1][0], "--model", old, "--views", "2")
+    assert result.exit_code == EXIT_USAGE and "does not record its encoder's patch width" in result.stderr and result.stdout == ""
+    assert run(images[1][0], "--model", old).exit_code == 0
 
 
 def test_ctc_weight_on_a_bundle_without_a_ctc_head(bundle, images):
@@ -177,10 +187,11 @@ def test_console_scripts_for_real(tmp_path, exported, images):
     """One real subprocess run of each entry point: htr-export a checkpoint, then htr-run it."""
     folder, _ = exported("wide-lines")
     out = tmp_path / "bundle"
-    export = subprocess.run([BIN / "htr-export", folder, out, "--verify", "2"], capture_output=True, text=True, timeout=600)
+    export = subprocess.run([BIN / "htr-export", folder, out, "--verify", "2", "--views", "2"], capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stderr
-    assert "2/2 identical" in export.stderr
-    assert json.loads((out / "manifest.json").read_text())["verification"]["ok"] is True
+    assert "2/2 identical" in export.stderr  # generate's tokens: the check reads one view
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["verification"]["ok"] is True and manifest["views"] == {"count": 2, "patch_width": 8}
     read = subprocess.run([BIN / "htr-run", images[1][0], "--model", out, "--format", "jsonl"], capture_output=True, text=True, timeout=300)
     assert read.returncode == 0, read.stderr
     assert json.loads(read.stdout)["path"] == str(images[1][0])

@@ -96,9 +96,12 @@ def ctc_bundle(tmp_path_factory):
     return folder, root / "bundle"
 
 
-def reference_joint_search(model, pixels, log_probs, special, weight, beams=4, max_length=40, eos=2, blank=1):
+def reference_joint_search(model, pixels, log_probs, special, weight, beams=4, max_length=40, eos=2, blank=1, views=1):
     """The same search written plainly, one image and one hypothesis at a time, with PyTorch's decoder (no cache) and
-    CTC prefix scores by the textbook forward recursion: transformers' beam search on the joint score."""
+    CTC prefix scores by the textbook forward recursion: transformers' beam search on the joint score.
+
+    With `views`, `pixels` holds that many rows per image and the decoder's log-probabilities are their mean,
+    renormalised (`log_probs` are already the CTC head's, averaged so)."""
 
     def forward(lp, labels):  # textbook CTC forward variables; returns (alpha at the last step, fresh entries into the last label)
         ext = [blank]
@@ -129,10 +132,10 @@ def reference_joint_search(model, pixels, log_probs, special, weight, beams=4, m
         return np.logaddexp.reduce(alpha[-2:]) if labels else alpha[0]
 
     results = []
-    for i in range(pixels.shape[0]):
+    for i in range(pixels.shape[0] // views):
         lp = log_probs[i]
         with torch.no_grad():
-            hidden = model.encoder(pixel_values=pixels[i : i + 1]).last_hidden_state
+            hidden = model.encoder(pixel_values=pixels[i * views : (i + 1) * views]).last_hidden_state
         running = [([2], 0.0 if b == 0 else -1e9, 0.0, 0.0) for b in range(beams)]  # tokens, joint, decoder, CTC prefix
         finished = []  # (joint / length ** 1, decoder / length, tokens)
         cur_len = 1
@@ -140,8 +143,9 @@ def reference_joint_search(model, pixels, log_probs, special, weight, beams=4, m
             candidates = []
             for b, (seq, joint, dec, psi) in enumerate(running):
                 with torch.no_grad():
-                    logits = model.decoder(input_ids=torch.tensor([seq]), encoder_hidden_states=hidden).logits[0, -1]
+                    logits = model.decoder(input_ids=torch.tensor([seq] * views), encoder_hidden_states=hidden).logits[:, -1]
                 step = torch.log_softmax(logits.float(), dim=-1).numpy().astype(np.float64)
+                step = step[0] if views == 1 else renormalised(step.mean(axis=0))
                 for c in sorted(range(step.size), key=lambda c: -step[c])[: 2 * beams]:
                     labels = [t for t in seq[1:] if t not in special]
                     if c == eos:
@@ -169,18 +173,33 @@ def reference_joint_search(model, pixels, log_probs, special, weight, beams=4, m
     return results
 
 
-def bundle_inputs(folder, images):
+def renormalised(log_probs: np.ndarray) -> np.ndarray:
+    return log_probs - np.logaddexp.reduce(log_probs, axis=-1, keepdims=True)
+
+
+def bundle_inputs(folder, images, views=1, preprocessing=None):
     """PyTorch's model, pixels and CTC log-probabilities (as htr-export's verification computes them, the head's
-    weights rounded to float16 as the bundle holds them) and the special token ids."""
+    weights rounded to float16 as the bundle holds them) and the special token ids.
+
+    With `views` (and the bundle's `preprocessing`), the pixels are the image processor's of each image's shifted
+    views (`views` rows per image), and the CTC log-probabilities their mean, renormalised."""
     from htr.export.bundle import load_checkpoint
     from htr.export.verify import ctc_log_probs
+    from htr.images import shifted_views
 
     checkpoint = load_checkpoint(str(folder))
     model = checkpoint.model
-    pixels = checkpoint.image_processor(images=[load_image(i) for i in images], return_tensors="pt").pixel_values
+    rgb = [load_image(i) for i in images]
+    if views > 1:
+        shift = model.config.encoder.patch_size / preprocessing.width
+        rgb = [view for image in rgb for view in shifted_views(image, views, shift, preprocessing)]
+    pixels = checkpoint.image_processor(images=rgb, return_tensors="pt").pixel_values
     with torch.no_grad():
         hidden = model.encoder(pixel_values=pixels).last_hidden_state
-    return model, pixels, ctc_log_probs(checkpoint, hidden).astype(np.float64), set(checkpoint.tokenizer.all_special_ids)
+    log_probs = ctc_log_probs(checkpoint, hidden).astype(np.float64)
+    if views > 1:
+        log_probs = renormalised(log_probs.reshape(len(images), views, *log_probs.shape[1:]).mean(axis=1))
+    return model, pixels, log_probs, set(checkpoint.tokenizer.all_special_ids)
 
 
 @needs_shared
@@ -196,6 +215,39 @@ def test_joint_search_matches_the_plain_reference(ctc_bundle):
     assert [list(r.tokens) for r in ours] == [e[2] for e in expected]
     np.testing.assert_allclose([r.score for r in ours], [e[1] for e in expected], rtol=1e-4, atol=1e-5)  # the decoder's own score
     assert {r.tokens[-1] == 2 for r in ours} == {True, False}  # lines ended by eos, and lines cut at max_length
+
+
+@needs_shared
+@pytest.mark.parametrize("weight", [WEIGHT, 0.0])
+def test_shifted_views_match_the_plain_reference(ctc_bundle, weight):
+    folder, bundle = ctc_bundle
+    images = line_images(6, seed=9, size=(20, 200))
+    recognizer = Recognizer(bundle)
+    model, pixels, log_probs, special = bundle_inputs(folder, images, views=3, preprocessing=recognizer.manifest.preprocessing)
+    expected = reference_joint_search(model, pixels, log_probs, special, weight, max_length=16, views=3)
+    ours = recognizer.recognize(images, options=GenerationOptions(num_beams=4, max_length=16, ctc_weight=weight, views=3))
+    one = recognizer.recognize(images, options=GenerationOptions(num_beams=4, max_length=16, ctc_weight=weight))
+    assert sum(a.tokens != b.tokens for a, b in zip(ours, one)) >= 1, "the views never change the result: this test would prove nothing"
+    assert [list(r.tokens) for r in ours] == [e[2] for e in expected]
+    np.testing.assert_allclose([r.score for r in ours], [e[1] for e in expected], rtol=1e-4, atol=1e-5)
+
+
+@needs_shared
+def test_greedy_search_over_shifted_views_takes_the_likeliest_mean(ctc_bundle):
+    folder, bundle = ctc_bundle
+    images = line_images(4, seed=9, size=(20, 200))
+    recognizer = Recognizer(bundle)
+    model, pixels, _, _ = bundle_inputs(folder, images, views=2, preprocessing=recognizer.manifest.preprocessing)
+    ours = recognizer.recognize(images, options=GenerationOptions(num_beams=1, max_length=12, views=2))
+    for i, result in enumerate(ours):
+        with torch.no_grad():
+            hidden = model.encoder(pixel_values=pixels[2 * i : 2 * i + 2]).last_hidden_state
+        seq = [2]
+        while len(seq) < 12 and (len(seq) == 1 or seq[-1] != 2):
+            with torch.no_grad():
+                logits = model.decoder(input_ids=torch.tensor([seq] * 2), encoder_hidden_states=hidden).logits[:, -1]
+            seq.append(int(torch.log_softmax(logits, dim=-1).mean(dim=0).argmax()))
+        assert list(result.tokens) == seq[1:]
 
 
 @needs_shared

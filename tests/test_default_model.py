@@ -12,14 +12,14 @@ from htr.manifest import default_bundle
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MAX_BYTES = 25_000_000  # the size target of the shipped bundle
-# What the shipped bundle (the demo model in training: step 143500, beam search with its CTC head, held-out CER
-# 11-12%) measured when it was shipped, plus a margin for other onnxruntime builds; a bundle that reads worse is a regression. Tighten
-# both as the demo model improves (target: 10% on held-out fonts).
-HELD_OUT_CER = 0.15  # measured 0.131 on these 40 lines (without the CTC head 0.170-0.173; step 133500: 0.146)
+# What the shipped bundle (the demo model in training: step 143500, beam search with its CTC head over 3 shifted
+# views of each line, held-out CER 10-10.5%) measured when it was shipped, plus a margin for other onnxruntime builds; a
+# bundle that reads worse is a regression. Tighten both as the demo model improves (target: 10% on held-out fonts).
+HELD_OUT_CER = 0.14  # measured 0.117 on these 40 lines (1 view 0.131; without the CTC head 0.170-0.173)
 # Two lines only: from step 75100 on it misreads "Meet me at" ("Meet ne at" at step 143500) where step 69300 read
-# it right, though it reads thousands of held-out lines better (models/demo/README.md), so this is looser than the
-# bound above.
-EXAMPLE_CER = 0.2  # measured 0.115 on examples/ (without the CTC head 0.128; step 133500: 0.141)
+# it right, and 3 views read that line worse still ("Meek ne at time station an"), though they read thousands of
+# held-out lines better (models/demo/README.md), so this is looser than the bound above.
+EXAMPLE_CER = 0.2  # measured 0.167 on examples/ (1 view 0.115; without the CTC head 0.128)
 
 
 def shipped() -> Path:
@@ -35,6 +35,7 @@ def test_default_bundle_is_small_int8_and_judged():
     accuracy = manifest["accuracy"]  # recorded by htr-export --int8 on held-out lines
     assert accuracy["judged"] and accuracy["cer_increase_points"] <= accuracy["max_cer_increase"]
     assert manifest["ctc"]["weight"] > 0 and Recognizer().has_ctc_head  # the demo model reads best with its CTC head
+    assert manifest["views"]["count"] == 3  # and over 3 shifted views of each line
 
 
 def test_default_bundle_reads_lines_in_held_out_fonts():

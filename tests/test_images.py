@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from htr.errors import ImageError, ImageNotFoundError
-from htr.images import load_image, preprocess
+from htr.images import load_image, preprocess, shifted_views
 from htr.manifest import Preprocessing
 
 
@@ -132,3 +132,22 @@ def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
 def test_no_resize_requires_exact_size():
     with pytest.raises(ImageError, match="takes exactly 16x8"):
         preprocess([Image.new("RGB", (10, 10))], spec(8, 16, do_resize=False))
+
+
+@pytest.mark.parametrize("width", [60, 200, 1500])
+def test_shifted_views_move_the_content_by_fractions_of_a_column(width):
+    """A dark bar in a light line: view v of 3 moves it right by v/3 of an 8-pixel column in the model's pixels,
+    however wide the image, and view 0 is the image itself."""
+    line = np.full((40, width, 3), 230, dtype=np.uint8)
+    line[:, width // 3 : width // 3 + max(2, width // 30)] = 20
+    image = Image.fromarray(line)
+    model = spec(height=32, width=384)
+    views = shifted_views(image, 3, 8 / 384, model)
+    assert len(views) == 3 and views[0] is image
+    paper = 230 / 255 * 2 - 1
+    darkness = [np.clip(paper - preprocess([view], model)[0, 0].mean(axis=0), 0, None) for view in views]
+    centres = [float((d * np.arange(384)).sum() / d.sum()) for d in darkness]
+    squeeze = [width / (width + v / 3 * 8 / 384 * width) for v in range(3)]  # the margin widens the image a little
+    for v in (1, 2):
+        expected = v / 3 * 8 * squeeze[v] + centres[0] * (squeeze[v] - 1.0)
+        assert centres[v] - centres[0] == pytest.approx(expected, abs=0.15)
