@@ -316,6 +316,12 @@ def test_ctc_weight_outside_0_to_1_is_refused(ctc_bundle):
 
 
 @needs_shared
+def test_views_below_1_are_refused(ctc_bundle):
+    with pytest.raises(OptionsError, match="views must be at least 1, got 0"):
+        Recognizer(ctc_bundle[1]).check_options(GenerationOptions(views=0))
+
+
+@needs_shared
 def test_a_damaged_ctc_section_is_named(ctc_bundle, tmp_path):
     import shutil
 
