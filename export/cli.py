@@ -47,7 +47,7 @@ def default_calibration() -> Path:
                    "changes it at run time).")
 @click.option("--views", type=click.IntRange(min=1), default=1, show_default=True,
               help="Shifted copies of each line the runtime reads by default and averages (htr-run --views); more read better "
-                   "and cost that many times the work. 1: as the model reads it, as transformers' generate does.")
+                   "and take up to that many times the time a line. 1: as the model reads it, as transformers' generate does.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 def main(model, out_dir, int8, quantize, calibration, calibration_method, activations, eval_data, eval_lines, max_cer_increase, keep_anyway, verify_count, verify_images, ctc_weight, views, force):
     """Export MODEL (a hub id such as microsoft/trocr-base-handwritten, or a save_pretrained folder) to OUT_DIR.

@@ -134,7 +134,7 @@ def _write_extras(path: str, image, result, page_xml: Optional[Path], overlay: O
 CTC_WEIGHT_HELP = ("Weight of the bundle's CTC head in beam search (0 to 1; 0: exactly transformers' generate). "
                    "Default: the bundle's (0 where it has no CTC head).")
 VIEWS_HELP = ("Read each line as N copies shifted by 1/N of an encoder patch column and average their readings: "
-              "reads better, at N times the work (1: as the model reads it, exactly transformers' generate). Default: the bundle's.")
+              "reads better, at up to N times the time a line (1: as the model reads it, exactly transformers' generate). Default: the bundle's.")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -66,8 +66,8 @@ class GenerationOptions:
     `views` is not a transformers setting either: each line is read as that many copies, the v-th
     moved right by v/views of an encoder patch column (`htr.images.shifted_views`), and the search
     takes the mean of their log-probabilities at each step, decoder and CTC head alike. Where a
-    letter falls across the patch grid then matters less, at `views` times the work; 1 reads the
-    line as the model does, as `generate` does.
+    letter falls across the patch grid then matters less, at up to `views` times the time a line;
+    1 reads the line as the model does, as `generate` does.
     """
 
     num_beams: Optional[int] = None

@@ -154,7 +154,10 @@ def reference_joint_search(model, pixels, log_probs, special, weight, beams=4, m
                         new_psi = -np.inf  # the head cannot read it: not taken
                     else:
                         new_psi = prefix_score(lp, labels + [c])
-                    gain = -np.inf if new_psi == -np.inf else (1 - weight) * step[c] + weight * (new_psi - psi)
+                    if weight == 0.0:  # no CTC at all: transformers' beam search
+                        gain = step[c]
+                    else:
+                        gain = -np.inf if new_psi == -np.inf else (1 - weight) * step[c] + weight * (new_psi - psi)
                     candidates.append((joint + gain, seq + [c], dec + step[c], new_psi))
             candidates = sorted(candidates, key=lambda c: -c[0])[: 2 * beams]
             running = []
