@@ -53,3 +53,16 @@ def test_default_bundle_reads_the_example_lines():
     rows = read_labels(EXAMPLES)
     result = evaluate(Recognizer(), rows)
     assert all(result.texts) and result.cer <= EXAMPLE_CER
+
+
+def test_views_benchmark_measures_each_count(capsys):
+    """benchmarks/views.py on the example lines: a row per count, the first the baseline of the others."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "views.py"
+    spec = importlib.util.spec_from_file_location("views_benchmark", script)
+    views = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(views)
+    assert views.main(["--data", str(EXAMPLES), "--views", "1,3", "--timed", "2", "--repeats", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
+    assert len(rows) == 2 and rows[0].endswith("| 1.00x | 1.00x |") and "to" in rows[1].split("|")[3]
