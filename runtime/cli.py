@@ -4,6 +4,7 @@ import glob
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -76,10 +77,11 @@ def _side_path(target: Path, source: str, suffix: str, many: bool) -> Path:
     return target
 
 
-def _check_options(recognizer, options, program: str) -> None:
-    """Exit with a usage error when `options` do not suit this bundle (say, a CTC weight and no CTC head)."""
+def _check_options(recognizer, options, program: str):
+    """Return the settings `options` resolve to for this bundle; exit with a usage error when they do not
+    suit it (say, a CTC weight and no CTC head)."""
     try:
-        recognizer.check_options(options)
+        return recognizer.check_options(options)
     except OptionsError as e:
         click.echo(f"{program}: {e}", err=True)
         sys.exit(EXIT_USAGE)
@@ -243,14 +245,15 @@ def eval_main(paths, beams, ctc_weight, views, batch_size, threads, limit, jsonl
     except HtrError as e:
         click.echo(f"htr-eval: {e}", err=True)
         sys.exit(EXIT_USAGE)
-    results, unreadable = [], set()
+    results, settings, unreadable = [], [], set()
     for bundle in bundles:
         try:
             recognizer = Recognizer(bundle, threads=threads)
         except HtrError as e:
             click.echo(f"htr-eval: {e}", err=True)
             sys.exit(EXIT_BUNDLE)
-        _check_options(recognizer, options, "htr-eval")
+        used = _check_options(recognizer, options if beams is None else replace(options, num_beams=beams), "htr-eval")
+        settings.append({"beams": used.num_beams, "ctc_weight": used.ctc_weight, "views": used.views})
         show = sys.stderr.isatty()
         with click.progressbar(length=len(rows), label=str(bundle), file=sys.stderr if show else None, hidden=not show) as bar:
             def progress(done=0, error=None):
@@ -264,7 +267,8 @@ def eval_main(paths, beams, ctc_weight, views, batch_size, threads, limit, jsonl
         "data": str(data),
         "lines": len(rows),
         "unreadable": len(unreadable),
-        "bundles": [{"bundle": str(b), "cer": r.cer, "wer": r.wer, "seconds_per_line": r.seconds / max(len(rows), 1)} for b, r in zip(bundles, results)],
+        "bundles": [{"bundle": str(b), "cer": r.cer, "wer": r.wer, "seconds_per_line": r.seconds / max(len(rows), 1), **used}
+                    for b, r, used in zip(bundles, results, settings)],
     }
     if len(results) == 2:
         summary["cer_increase_points"] = 100 * (results[1].cer - results[0].cer)
@@ -281,9 +285,10 @@ def eval_main(paths, beams, ctc_weight, views, batch_size, threads, limit, jsonl
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(f"{len(rows)} lines from {data}")
-        click.echo("| bundle | CER | WER | s/line |\n|---|---|---|---|")
+        click.echo("| bundle | CER | WER | s/line | beams, CTC weight, views |\n|---|---|---|---|---|")
         for entry in summary["bundles"]:
-            click.echo(f"| {entry['bundle']} | {100 * entry['cer']:.2f}% | {100 * entry['wer']:.2f}% | {entry['seconds_per_line']:.3f} |")
+            click.echo(f"| {entry['bundle']} | {100 * entry['cer']:.2f}% | {100 * entry['wer']:.2f}% | {entry['seconds_per_line']:.3f} | "
+                       f"{entry['beams']}, {entry['ctc_weight']:g}, {entry['views']} |")
         if len(results) == 2:
             low, high = summary["cer_increase_interval_points"]
             click.echo(f"second - first: CER {summary['cer_increase_points']:+.2f} points (95% interval {low:+.2f} to {high:+.2f}, "

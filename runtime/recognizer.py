@@ -216,7 +216,7 @@ class Recognizer:
 
     def _settings(self, options: GenerationOptions) -> _Decoding:
         """Return the decoding settings for `options` over the bundle defaults, checked."""
-        merged = replace(self.defaults, **{k: v for k, v in vars(options).items() if v is not None})
+        merged = self._merged(options)
         max_length = merged.max_length if merged.max_new_tokens is None else merged.max_new_tokens + 1
         tokens = self.manifest.special_tokens
         checks = (
@@ -249,10 +249,15 @@ class Recognizer:
         )
         return _Decoding(search, float(merged.ctc_weight), int(merged.views))
 
-    def check_options(self, options: GenerationOptions) -> None:
-        """Raise `OptionsError` naming what is wrong when `options` do not suit this bundle (say, a CTC
-        weight and no CTC head), before any image is read."""
+    def _merged(self, options: GenerationOptions) -> GenerationOptions:
+        return replace(self.defaults, **{k: v for k, v in vars(options).items() if v is not None})
+
+    def check_options(self, options: GenerationOptions) -> GenerationOptions:
+        """Return the settings `options` resolve to over the bundle's defaults (every field set); raise
+        `OptionsError` naming what is wrong when they do not suit this bundle (say, a CTC weight and no
+        CTC head), before any image is read."""
         self._settings(options)
+        return self._merged(options)
 
     @property
     def has_ctc_head(self) -> bool:

@@ -305,7 +305,8 @@ def test_ctc_weight_needs_a_head(exported):
     _, bundle = exported("vit-roberta")
     recognizer = Recognizer(bundle)
     assert not recognizer.has_ctc_head
-    recognizer.check_options(GenerationOptions(ctc_weight=0.0))
+    settings = recognizer.check_options(GenerationOptions(ctc_weight=0.0, views=2))
+    assert (settings.ctc_weight, settings.views, settings.num_beams) == (0.0, 2, recognizer.defaults.num_beams)
     with pytest.raises(OptionsError, match="has no CTC head"):
         recognizer.check_options(GenerationOptions(ctc_weight=0.3))
     with pytest.raises(OptionsError, match="has no CTC head"):

@@ -122,13 +122,15 @@ def test_htr_eval_one_and_two_bundles(exported, lines, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["lines"] == 3
+    assert {k: summary["bundles"][0][k] for k in ("beams", "ctc_weight", "views")} == {"beams": 4, "ctc_weight": 0.0, "views": 1}
     # htr-eval reads with the bundle's default length; the references came from max_length 12, so compare through its own rows.
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     texts = [r["texts"][0] for r in rows]
     assert summary["bundles"][0]["cer"] == pytest.approx(character_error_rate(texts, references))
 
-    two = CliRunner().invoke(eval_main, [str(bundle), str(bundle), str(data)])
+    two = CliRunner().invoke(eval_main, [str(bundle), str(bundle), str(data), "--beams", "2", "--views", "2"])
     assert two.exit_code == 0, two.output
+    assert two.stdout.count("| 2, 0, 2 |") == 2  # the settings each bundle was read with
     assert "CER +0.00 points (95% interval +0.00 to +0.00, paired bootstrap over lines); identical text on 100.0% of lines" in two.stdout
 
 
