@@ -4,7 +4,6 @@ import glob
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -233,7 +232,7 @@ def eval_main(paths, beams, ctc_weight, views, batch_size, threads, limit, jsonl
     from .evaluate import agreement, cer_difference_interval, character_error_rate, evaluate, read_labels
     from .recognizer import GenerationOptions, Recognizer
 
-    options = GenerationOptions(ctc_weight=ctc_weight, views=views)
+    options = GenerationOptions(num_beams=beams, ctc_weight=ctc_weight, views=views)
     bundles, data = [Path(p) for p in paths[:-1]], Path(paths[-1])
     if not bundles:
         shipped = default_bundle()
@@ -252,7 +251,7 @@ def eval_main(paths, beams, ctc_weight, views, batch_size, threads, limit, jsonl
         except HtrError as e:
             click.echo(f"htr-eval: {e}", err=True)
             sys.exit(EXIT_BUNDLE)
-        used = _check_options(recognizer, options if beams is None else replace(options, num_beams=beams), "htr-eval")
+        used = _check_options(recognizer, options, "htr-eval")
         settings.append({"beams": used.num_beams, "ctc_weight": used.ctc_weight, "views": used.views})
         show = sys.stderr.isatty()
         with click.progressbar(length=len(rows), label=str(bundle), file=sys.stderr if show else None, hidden=not show) as bar:
@@ -262,7 +261,7 @@ def eval_main(paths, beams, ctc_weight, views, batch_size, threads, limit, jsonl
                     click.echo(f"htr-eval: {error}", err=True)
                 bar.update(done)
 
-            results.append(evaluate(recognizer, rows, beams=beams, batch_size=batch_size, progress=progress, options=options))
+            results.append(evaluate(recognizer, rows, batch_size=batch_size, progress=progress, options=options))
     summary = {
         "data": str(data),
         "lines": len(rows),

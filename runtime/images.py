@@ -109,11 +109,11 @@ def shifted_views(image: Image.Image, count: int, shift: float, spec: Preprocess
     image, so a narrow line moves as far, in the model's pixels, as a wide one. `shift` = patch
     width / model width moves the content by about one encoder patch column.
     """
-    views = [image]
+    views, pixels = [image], np.asarray(image)
     for v in range(1, count):
         move = v / count * shift * image.width  # source pixels
         margin = math.ceil(move) + 1
-        padded = Image.fromarray(np.pad(np.asarray(image), ((0, 0), (margin, 0), (0, 0)), mode="edge"))
+        padded = Image.fromarray(np.pad(pixels, ((0, 0), (margin, 0), (0, 0)), mode="edge"))
         box = (margin - move, 0.0, float(padded.width), float(padded.height))
         views.append(padded.resize((spec.width, spec.height), resample=_RESAMPLE[spec.resample], box=box))
     return views
