@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from htr.errors import HtrError
 
@@ -252,35 +251,6 @@ def test_blended_hands_lie_between_their_two_fonts():
         image, text, _ = lines.sample(i)
         assert image.mode == "RGB" and image.width > image.height
         assert text == plain.sample(i)[1] == trios.sample(i)[1]  # the blend is drawn after the text: it changes how a line is written, not what
-
-
-def test_blends_past_a_font_keep_a_weight_one_of_the_fonts_has():
-    """A share past 0-1 draws a hand beyond one font, away from the other: a glyph with ink of its own, within the
-    amounts the two fonts' glyphs have, and differing from both; the text a line says is unchanged."""
-    fonts = {synth.Path(f.path).name: f.path for f in fonts_or_skip("train")}
-    if not {"dkg.ttf", "Z003-MediumItalic.otf"} <= set(fonts):
-        pytest.skip("fonts-dkg-handwriting and fonts-urw-base35 are not installed (scripts/install-fonts.sh)")
-    pytest.importorskip("scipy")
-    paths, apart = (fonts["dkg.ttf"], fonts["Z003-MediumItalic.otf"]), []
-    for char in "aR7":
-        own = [synth._baseline_glyph(char, path, 48, 0)[0] for path in paths]
-        for shares in ((1.25, -0.25), (-0.25, 1.25)):
-            mask, _ = synth._blended_glyph(char, paths, shares, 48, 0)
-            ink, pad = np.asarray(mask) >= 128, 48 // 8
-            # the fonts' glyphs stretched to the blend's box, as the blend stretches them before mixing
-            size = (ink.shape[1] - 2 * pad, ink.shape[0] - 2 * pad)
-            stretched = [np.asarray(Image.fromarray((g * 255).astype(np.uint8), "L").resize(size, Image.Resampling.BILINEAR)) >= 128
-                         for g in own]
-            half = np.asarray(mask) >= 127  # pixels whose distances tie at the cut get half ink
-            assert min(g.sum() for g in stretched) - 2 <= half.sum() and ink.sum() <= max(g.sum() for g in stretched) + 2, (char, shares)
-            apart.append(min((ink[pad:-pad, pad:-pad] != g).mean() for g in stretched))
-    assert np.mean(apart) > 0.02  # a hand of its own, not one of the two fonts
-    beyond = synth.SyntheticLines("train", seed=6, blends=1.0, trios=0.0, beyond=1.0)
-    plain = synth.SyntheticLines("train", seed=6, blends=0.0)
-    assert synth.SyntheticLines("train").beyond > 0
-    for i in range(4):
-        image, text, _ = beyond.sample(i)
-        assert image.mode == "RGB" and image.width > image.height and text == plain.sample(i)[1]
 
 
 def test_three_font_blends_lie_between_their_fonts():

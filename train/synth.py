@@ -215,21 +215,17 @@ def _blended_glyph(char: str, paths: Sequence[str], shares: Sequence[float], siz
     font's glyph is stretched to the box that mixes theirs by `shares` (one per font, summing to 1) and their signed
     distance fields mixed by the same shares; the ink is where the mix lies below the level that leaves as much ink as
     the glyphs have, mixed the same way, so that where the fonts' strokes do not meet, the strokes between them keep
-    their weight. A font with a share of 1 gives its own glyph. Shares may lie outside 0-1 (one negative, another
-    above 1): a hand beyond one font, away from the other; its ink is then kept within the glyphs' own amounts, so
-    that the strokes keep a weight one of the fonts has."""
+    their weight. A font with a share of 1 gives its own glyph."""
     glyphs = [_baseline_glyph(char, path, size, stroke) for path in paths]
     box = tuple(round(sum(share * own[i] for share, (_, own) in zip(shares, glyphs))) for i in range(4))
     width, height = max(1, box[2] - box[0]), max(1, box[3] - box[1])
     pad = max(2, size // 8)
-    field, inks = np.zeros((height + 2 * pad, width + 2 * pad), dtype=np.float32), []
+    field, ink = np.zeros((height + 2 * pad, width + 2 * pad), dtype=np.float32), 0.0
     for (glyph, _), share in zip(glyphs, shares):
         stretched = np.asarray(Image.fromarray((glyph * 255).astype(np.uint8), "L").resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-        inks.append(float((stretched >= 0.5).sum()))
+        ink += share * float((stretched >= 0.5).sum())
         field += share * _signed_distance(np.pad(stretched, pad))
-    ink = sum(share * own for share, own in zip(shares, inks))  # between the glyphs' own amounts unless a share is < 0
-    keep = round(min(max(ink, min(inks)), max(inks)))
-    padded = (box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad)
+    keep, padded = round(ink), (box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad)
     if keep == 0:
         return Image.new("L", field.shape[::-1], 0), padded
     ordered = np.partition(field.ravel(), (keep - 1, keep))
@@ -468,21 +464,17 @@ class SyntheticLines:
     for the train split, none for eval, whose lines stay comparable from run to run). `blends` is
     the share of lines written in a hand between their font and another of the split that draws
     case the same way (`_blended_text`; default: half the train split, none for eval), and `trios`
-    the share of those blended from three such fonts instead of two (default: half); `beyond` the
-    share of the two-font blends that go past one of their fonts, away from the other, by 5-25% of
-    the way between them (`_blended_glyph` with a negative share; default: half): hands that lie
-    outside the training fonts rather than only between them.
+    the share of those blended from three such fonts instead of two (default: half).
     """
 
     def __init__(self, split: str = "train", seed: int = 0, size: int = 1_000_000, vary: Optional[bool] = None,
-                 strings: Optional[float] = None, blends: Optional[float] = None, trios: float = 0.5,
-                 beyond: float = 0.5):
+                 strings: Optional[float] = None, blends: Optional[float] = None, trios: float = 0.5):
         self.fonts = load_fonts(split)
         self.split, self.seed, self.size = split, seed, size
         self.vary = split == "train" if vary is None else vary
         self.strings = (0.15 if split == "train" else 0.0) if strings is None else strings
         self.blends = (0.5 if split == "train" else 0.0) if blends is None else blends
-        self.trios, self.beyond = trios, beyond
+        self.trios = trios
         outline = [f for f in self.fonts if not f.path.startswith(HERSHEY)]
         self.partners = {f.path: [p for p in outline if p.capitals == f.capitals and p.path != f.path] for f in outline}
 
@@ -514,9 +506,6 @@ class SyntheticLines:
                     low, high = sorted((rng.random(), rng.random()))  # a point drawn evenly from the triangle of shares,
                     shares = [0.15 + 0.55 * x for x in (low, high - low, 1 - high)]  # each font's at least 0.15
                     blend = [(other.path, shares[1]), (rng.choice(thirds).path, shares[2])]
-                elif self.beyond and rng.random() < self.beyond:  # a hand past one of the two, away from the other
-                    far = rng.uniform(0.05, 0.25)
-                    blend = [(other.path, 1 + far if rng.random() < 0.5 else -far)]
         return render_line(text, font.path, rng, vary=self.vary, blend=blend), text, font
 
 
